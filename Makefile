@@ -1,0 +1,49 @@
+# hepgan: one tooling story, the same locally and in CI.
+#   make demo   create .venv, install, run the default demo
+#   make test   the test suite (8 simulated CPU devices, mpirun tests included)
+#   make lint   ruff + mypy
+#   make bench  benchmarks; JSON results under experiments/bench/
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hepgan-installed
+# mpi4jax compiles against the venv's MPI. A CUDA toolchain on PATH without CUDA headers makes its
+# build try (and fail) the CUDA extension, so the build sees only the venv and the system compilers.
+MPI_BUILD_ENV := env -u CUDA_HOME -u CUDA_PATH PATH=$(abspath $(VENV))/bin:/usr/bin:/bin \
+	MPI4JAX_BUILD_MPICC=$(abspath $(VENV))/bin/mpicc
+
+.PHONY: venv demo test test-all lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "mpi4py>=4.0" "mpich>=4.2" nanobind cython
+	$(PY) -c "import mpi4jax" 2>/dev/null || $(MPI_BUILD_ENV) $(PY) -m pip install -q --no-build-isolation "mpi4jax>=0.5"
+	$(PY) -m pip install -q -e ".[mpi,hpo,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hepgan-simulate --geometry fixed25 --n-events 2000 --energy uniform:10:500 --seed 1 \
+		--out runs/demo/data --format fixed25 --events-per-file 1000
+	$(VENV)/bin/hepgan-data info runs/demo/data
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hepgan tests
+	$(VENV)/bin/ruff format --check hepgan tests
+	$(VENV)/bin/mypy hepgan
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format hepgan tests
+	$(VENV)/bin/ruff check --fix hepgan tests
+
+bench: $(STAMP)
+	$(VENV)/bin/hepgan-bench all --out experiments/bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
