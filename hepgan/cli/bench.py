@@ -1,0 +1,49 @@
+"""``hepgan-bench``: run the package's benchmarks and keep their JSON results.
+
+Each benchmark is a module ``hepgan.bench.<name>`` exposing ``run(quick: bool) -> dict``; this entry point
+only dispatches and writes ``<out>/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hepgan.bench.common import write_result
+
+# name -> module under hepgan.bench; order is the order of `hepgan-bench all`.
+BENCHMARKS: dict[str, str] = {
+    "simulate": "hepgan.bench.simulate",
+    "read": "hepgan.bench.read",
+    "evaluate": "hepgan.bench.evaluate",
+    "conv": "hepgan.bench.conv",
+    "train": "hepgan.bench.train",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one benchmark or all of them; returns the process exit code."""
+    p = argparse.ArgumentParser(prog="hepgan-bench", description=__doc__)
+    p.add_argument("name", choices=[*BENCHMARKS, "all"], help="which benchmark")
+    p.add_argument("--out", default="experiments/bench", help="folder for <name>.json (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = p.parse_args(argv)
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    failed = []
+    for name in names:
+        try:
+            mod = importlib.import_module(BENCHMARKS[name])
+        except ModuleNotFoundError as exc:
+            print(f"hepgan-bench: benchmark {name!r} is not available ({exc})", file=sys.stderr)
+            failed.append(name)
+            continue
+        print(f"== {name}", flush=True)
+        result = mod.run(quick=args.quick)
+        path = write_result(name, result, args.out)
+        print(f"   wrote {path}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
