@@ -1,0 +1,64 @@
+"""hepgan-evaluate end to end on small files, and the errors it turns into messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hepgan.cli.evaluate import main
+from hepgan.data.formats import write_file
+from hepgan.data.simulate import SimulatorConfig, simulate
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("eval")
+    out = {}
+    for name, seed, n in (("gen", 1, 400), ("ref", 2, 400)):
+        out[name] = write_file(d / f"{name}.h5", simulate(n, energy="uniform:10:500", seed=seed), "fixed25")
+    wide = simulate(50, energy="uniform:10:500", config=SimulatorConfig(geometry="angle51"), seed=3)
+    out["angle"] = write_file(d / "angle.h5", wide, "angle")
+    return out
+
+
+def test_fast_evaluation_writes_metrics_figures_and_report(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main([str(files["gen"]), str(files["ref"]), "--out", str(tmp_path), "--metrics", "fast"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"physics_score", "sf_rel_error", "gan3d_metric"} <= set(metrics)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 8
+    assert (tmp_path / "figures" / "profile_z.png").stat().st_size > 1000
+    assert "physics_score" in capsys.readouterr().out
+
+
+def test_mismatched_grids_exit_nonzero_with_message(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main([str(files["angle"]), str(files["ref"]), "--out", str(tmp_path), "--metrics", "fast"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "grid (51, 51, 25)" in err and "(25, 25, 25)" in err and "Traceback" not in err
+
+
+def test_too_few_events_names_the_metric(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [str(files["gen"]), str(files["ref"]), "--out", str(tmp_path), "--metrics", "fpd", "--no-report"]
+    )
+    assert rc == 1
+    assert "'fpd' needs at least 500 events" in capsys.readouterr().err
+
+
+def test_missing_file_and_checkpoint_placeholder(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path / "nope.h5"), str(files["ref"]), "--out", str(tmp_path)]) == 1
+    assert "nope.h5" in capsys.readouterr().err
+    assert main(["--checkpoint", "ckpt", str(files["ref"])]) == 2
+    assert "not yet available" in capsys.readouterr().err

@@ -1,0 +1,214 @@
+"""Metrics against independent formulas and known facts, plus the errors users see."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hepgan.data.types import Showers
+from hepgan.physics import binning, classifier, distances, fpd
+from hepgan.physics.errors import GridMismatchError, InsufficientEventsError
+from hepgan.physics.extract import extract
+from hepgan.physics.metrics import FAST, evaluate, gan3d_terms, resolve_metrics
+
+
+def _random_showers(
+    n: int, seed: int, grid: tuple[int, int, int] = (12, 12, 9), width: float = 1.0
+) -> Showers:
+    """Blobs with a Gaussian transverse and a gamma-like longitudinal shape, energies 10..100 GeV."""
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = grid
+    e = rng.uniform(10, 100, n)
+    x = np.arange(nx) - (nx - 1) / 2
+    y = np.arange(ny) - (ny - 1) / 2
+    z = np.arange(nz) + 0.5
+    w = width * rng.uniform(1.0, 2.0, n)
+    tr = np.exp(-(x[None, :, None] ** 2 + y[None, None, :] ** 2) / (2 * w[:, None, None] ** 2))
+    lo = z[None, :] ** 2 * np.exp(-z[None, :] / rng.uniform(1.0, 2.0, n)[:, None])
+    ecal = tr[:, :, :, None] * lo[:, None, None, :] * rng.gamma(20, 1 / 20, (n, nx, ny, nz))
+    ecal *= (0.02 * e * rng.normal(1, 0.05, n) / ecal.sum((1, 2, 3)))[:, None, None, None]
+    return Showers(ecal=ecal.astype(np.float32), energy=e.astype(np.float32))
+
+
+# ------------------------------------------------------------------ one-dimensional distances
+
+
+def test_separation_power_formula_and_limits() -> None:
+    edges = np.array([0.0, 1.0, 2.0, 3.0])
+    gen = np.array([0.5, 0.5, 1.5, 2.5])  # normalised [0.5, 0.25, 0.25]
+    ref = np.array([0.5, 1.5, 1.5, 1.5])  # normalised [0.25, 0.75, 0]
+    h1, h2 = np.array([0.5, 0.25, 0.25]), np.array([0.25, 0.75, 0.0])
+    expected = 0.5 * np.sum((h1 - h2) ** 2 / (h1 + h2))
+    assert distances.separation_power(gen, ref, edges) == pytest.approx(expected)
+    assert distances.separation_power(ref, ref, edges) == 0.0
+    assert distances.separation_power(np.full(5, 0.5), np.full(5, 2.5), edges) == pytest.approx(1.0)
+
+
+def test_separation_power_null_floor_is_as_documented() -> None:
+    rng = np.random.default_rng(0)
+    vals = [distances.separation_power(rng.normal(size=1000), rng.normal(size=1000)) for _ in range(40)]
+    k = distances.n_hist_bins(1000)
+    assert np.mean(vals) == pytest.approx(k / 4 * (2 / 1000), rel=0.3)
+
+
+def test_chi2_ndf_matches_contingency_formula() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=500), rng.normal(0.1, 1, size=700)
+    edges = distances.histogram_edges(b)
+    t = np.stack([distances.histogram(a, edges), distances.histogram(b, edges)])
+    t = t[:, t.sum(0) > 0]
+    exp = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
+    chi2 = ((t - exp) ** 2 / exp).sum()
+    assert distances.chi2_ndf(a, b, edges)[0] == pytest.approx(chi2 / (t.shape[1] - 1))
+
+
+def test_ks_and_w1_known_values() -> None:
+    a = np.array([0.0, 1.0, 2.0, 3.0])
+    assert distances.ks(a, a + 10) == 1.0
+    assert distances.wasserstein1(a, a + 0.5) == pytest.approx(0.5)
+
+
+def test_integer_observables_get_one_bin_per_value() -> None:
+    edges = distances.histogram_edges(np.array([3.0, 4.0, 5.0, 4.0, 6.0] * 20))
+    np.testing.assert_allclose(edges, [2.5, 3.5, 4.5, 5.5, 6.5])
+
+
+# ------------------------------------------------------------------ FPD / KPD
+
+
+def test_frechet_distance_of_gaussians_analytic() -> None:
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([0.5, -1.0])
+    c1, c2 = np.diag([1.0, 4.0]), np.diag([9.0, 1.0])
+    expected = 0.25 + 4.0 + (1 - 3) ** 2 + (2 - 1) ** 2  # diagonal: sum (s1 - s2)^2
+    assert fpd.frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fpd_same_distribution_is_compatible_with_zero_and_shift_is_measured() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(4000, 3))
+    val, err = fpd.fpd(ref, rng.normal(size=(4000, 3)), seed=0)
+    assert val <= max(3 * err, 1e-4)
+    shifted = rng.normal(size=(4000, 3)) + np.array([0.5, 0.0, 0.0])
+    scale = np.abs(ref).max(0)
+    val, err = fpd.fpd(ref, shifted, seed=0)
+    assert val == pytest.approx((0.5 / scale[0]) ** 2, rel=0.2)
+    assert val > 5 * err
+
+
+def test_mmd_matches_brute_force_and_kpd_null() -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(7, 3)), rng.normal(size=(6, 3))
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a @ b / 3 + 1) ** 3)
+
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    yy = sum(k(y[i], y[j]) for i in range(6) for j in range(6) if i != j) / (6 * 5)
+    xy = sum(k(x[i], y[j]) for i in range(7) for j in range(6)) / (7 * 6)
+    assert fpd.mmd_poly_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy)
+    med, err = fpd.kpd(rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4)), seed=1)
+    assert abs(med) <= 3 * err + 1e-4
+
+
+# ------------------------------------------------------------------ classifier
+
+
+def test_auc_matches_pair_counting() -> None:
+    rng = np.random.default_rng(4)
+    p, q = rng.normal(1, 1, 40), rng.normal(0, 1, 30)
+    pairs = np.mean([(a > b) + 0.5 * (a == b) for a in p for b in q])
+    a, err = classifier.auc(p, q)
+    assert a == pytest.approx(pairs)
+    assert 0 < err < 0.1
+    assert classifier.auc(np.array([2.0, 3.0]), np.array([0.0, 1.0]))[0] == 1.0
+
+
+def test_classifier_separates_and_does_not_invent_differences() -> None:
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(800, 5))
+    same = classifier.classifier_auc(rng.normal(size=(800, 5)), ref, seed=0, steps=200)
+    assert abs(same["auc"] - 0.5) < 4 * same["auc_err"]
+    shifted = rng.normal(size=(800, 5)) + np.array([0, 0, 1.5, 0, 0])
+    diff = classifier.classifier_auc(shifted, ref, seed=0, steps=200)
+    assert diff["auc"] > 0.8
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def test_identical_sets_give_zero_everywhere() -> None:
+    s = _random_showers(300, seed=6)
+    m = evaluate(s, s, metrics="fast")
+    assert m["physics_score"] == 0.0 and m["sf_rel_error"] == 0.0
+    assert m["gan3d_metric"] == 0.0 and m["gan3d_metric_legacy"] == 0.0
+    assert all(v == 0.0 for k, v in m.items() if k.startswith("sep"))
+
+
+def test_gan3d_terms_match_numpy_formula_and_legacy_duplicates_moments() -> None:
+    g, r = _random_showers(200, seed=7), _random_showers(200, seed=8, width=1.2)
+    go, ro = extract(g, pitch=(1.0, 1.0)), extract(r, pitch=(1.0, 1.0))
+    t = gan3d_terms(go, ro, with_angle=False)
+
+    def mom(s: np.ndarray, axes: tuple[int, int]) -> tuple[float, float]:
+        p = s.astype(np.float64).sum(axes)
+        i = np.arange(p.shape[1])
+        m1 = (p * i).sum(1) / p.sum(1)
+        m2 = (p * (i[None, :] - m1[:, None]) ** 2).sum(1) / p.sum(1)
+        return m1.mean(), m2.mean()
+
+    axes = [(2, 3), (1, 3), (1, 2)]
+    rel = np.array(
+        [[abs(a - b) / abs(a) for a, b in zip(mom(r.ecal, ax), mom(g.ecal, ax), strict=True)] for ax in axes]
+    )
+    assert t["moments"] == pytest.approx(rel.mean(0).sum() / 2, rel=1e-6)
+    prof = []
+    for ax in axes:
+        pr, pg = r.ecal.astype(np.float64).sum(ax).mean(0), g.ecal.astype(np.float64).sum(ax).mean(0)
+        ok = pr != 0
+        prof.append(np.mean(np.abs(pr[ok] - pg[ok]) / pr[ok]))
+    assert t["profiles"] == pytest.approx(np.mean(prof), rel=1e-5)
+    m = evaluate(g, r, metrics=["gan3d"], energy_bins=[0, 1000])
+    assert m["gan3d_metric_legacy"] == pytest.approx(m["gan3d_metric"] + m["gan3d_moments"])
+    legacy = evaluate(g, r, metrics=["gan3d"], energy_bins=[0, 1000], duplicate_moment_term=True)
+    assert legacy["gan3d_metric"] == pytest.approx(m["gan3d_metric_legacy"])
+
+
+def test_sf_rel_error_is_per_bin_relative_error_of_mean() -> None:
+    r = _random_showers(400, seed=9)
+    g = Showers(ecal=r.ecal * np.float32(1.05), energy=r.energy)
+    m = evaluate(g, r, metrics=["sf"])
+    assert m["sf_rel_error"] == pytest.approx(0.05, rel=1e-4)
+    assert set(m) >= {"physics_score", "sf_rel_error"}
+
+
+def test_discrete_energies_make_one_bin_each() -> None:
+    e = np.repeat([10.0, 50.0, 100.0], 30)
+    bins = binning.make_bins(e, None)
+    assert len(bins) == 3
+    assert [int(b.mask(e, None).sum()) for b in bins] == [30, 30, 30]
+    assert "50 GeV" in bins[1].label
+
+
+def test_metric_names_and_groups() -> None:
+    assert resolve_metrics("fast") == FAST
+    assert resolve_metrics(["classifier", "fpd"]) == ("classifier_hlf", "classifier_cells", "fpd")
+    with pytest.raises(ValueError, match="unknown metric 'bogus'"):
+        resolve_metrics(["bogus"])
+
+
+def test_grid_mismatch_raises() -> None:
+    a = _random_showers(50, seed=10)
+    b = _random_showers(50, seed=11, grid=(12, 12, 10))
+    with pytest.raises(GridMismatchError, match=r"grid \(12, 12, 9\).*\(12, 12, 10\)"):
+        evaluate(a, b, metrics="fast")
+
+
+def test_too_few_events_names_metric_and_count() -> None:
+    a, b = _random_showers(150, seed=12), _random_showers(150, seed=13)
+    with pytest.raises(InsufficientEventsError, match=r"'fpd' needs at least 500 events.*got 150"):
+        evaluate(a, b, metrics=["fpd"])
+    with pytest.raises(InsufficientEventsError, match=r"'classifier_hlf' needs at least 200"):
+        evaluate(a, b, metrics=["classifier_hlf"])
+    # an energy bin of the reference that the generated set does not populate
+    with pytest.raises(InsufficientEventsError, match=r"generated set in bin E 60-1000"):
+        evaluate(a[a.energy < 50], b, metrics="fast", energy_bins=[0, 60, 1000])
