@@ -1,0 +1,166 @@
+"""Model configuration: architecture, size preset, convolution algorithm and width overrides.
+
+``ModelConfig`` is a plain dataclass (Hydra/OmegaConf structured-config compatible: ``str``, numbers,
+``list[int] | None``). ``None`` fields take the value of the (arch, size) preset, so a config names
+only what it changes. ``resolve`` returns the concrete widths the modules are built with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+ARCHS = ("fixed25", "angle51")
+SIZES = ("paper", "small", "tiny")
+
+# Widths per (arch, size). "paper" is the published architecture exactly; "small" keeps every layer
+# and every spatial shape but thins the channels (a CPU demo that trains in minutes); "tiny" is the
+# same structure with 1-4 channels for tests (compiles and runs in a second or two).
+#   latent_dim: generator input size; g_dense_channels: channels of the Dense output after the reshape
+#   to (7,7,8) resp. (9,9,8); g_channels: the generator's conv filters before the last 1-filter conv;
+#   d_channels: the discriminator's conv filters.
+PRESETS: dict[tuple[str, str], dict[str, object]] = {
+    ("fixed25", "paper"): dict(
+        latent_dim=200, g_dense_channels=8, g_channels=[64, 6, 6], d_channels=[32, 8, 8, 8]
+    ),
+    ("fixed25", "small"): dict(
+        latent_dim=64, g_dense_channels=4, g_channels=[16, 4, 4], d_channels=[8, 4, 4, 4]
+    ),
+    ("fixed25", "tiny"): dict(
+        latent_dim=8, g_dense_channels=1, g_channels=[2, 2, 2], d_channels=[2, 2, 2, 2]
+    ),
+    ("angle51", "paper"): dict(
+        latent_dim=256, g_dense_channels=8, g_channels=[8, 6, 6, 6, 6, 6], d_channels=[16, 8, 8, 8]
+    ),
+    ("angle51", "small"): dict(
+        latent_dim=64, g_dense_channels=2, g_channels=[4, 4, 4, 4, 4, 4], d_channels=[8, 4, 4, 4]
+    ),
+    ("angle51", "tiny"): dict(
+        latent_dim=8, g_dense_channels=1, g_channels=[2, 2, 2, 2, 2, 2], d_channels=[2, 2, 2, 2]
+    ),
+}
+
+# Per-architecture defaults of the non-width fields (the papers' values).
+ARCH_DEFAULTS: dict[str, dict[str, object]] = {
+    # Keras BatchNormalization default epsilon; the fixed-angle D calls its BN layers with
+    # training=True, so they always normalise with batch statistics.
+    "fixed25": dict(bn_epsilon=1e-3, cell_power=1.0, d_bn_batch_stats=True),
+    # AngleGAN passes epsilon=1e-6 to every BN layer; its cells enter as E^0.85.
+    "angle51": dict(bn_epsilon=1e-6, cell_power=0.85, d_bn_batch_stats=False),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Which GAN to build. Fields left ``None`` take the (arch, size) preset / the paper's value.
+
+    arch: "fixed25" (3DGAN, 25x25x25 showers, normal incidence) or "angle51" (AngleGAN, 51x51x25).
+    size: "paper" (the published widths), "small" (CPU demo) or "tiny" (tests).
+    conv_impl: "xla" (direct convolution), "fft" (FFT convolution) or "auto" (per layer by a cost
+      model: FFT where it is cheaper on CPU, always XLA on GPU/TPU); numerically equivalent.
+    latent_dim, g_dense_channels, g_channels, d_channels: width overrides (see ``PRESETS``).
+    dropout: discriminator dropout rate (Keras 0.2).
+    bn_epsilon: BatchNorm epsilon (1e-3 fixed25, 1e-6 angle51).
+    bn_axis_name: mesh axis for cross-device BatchNorm statistics under ``shard_map`` (None: local).
+    d_bn_batch_stats: discriminator BN always uses batch statistics, also in ``eval()`` mode, as the
+      fixed-angle Keras model does (``training=True``); running averages then update only in ``train()``.
+    cell_power: the power transform of the cells (x -> x^power in preprocessing, 0.85 for angle51); the
+      discriminator's ECAL-sum and angle heads undo it (x^(1/power)) before measuring.
+    cell_size_mm, layer_thickness_mm: cell pitch and layer thickness used by the angle head; None takes
+      them from ``hepgan.data.geometry.get_geometry("angle51")``.
+    """
+
+    arch: str = "fixed25"
+    size: str = "paper"
+    conv_impl: str = "auto"
+    latent_dim: int | None = None
+    g_dense_channels: int | None = None
+    g_channels: list[int] | None = None
+    d_channels: list[int] | None = None
+    dropout: float = 0.2
+    bn_epsilon: float | None = None
+    bn_axis_name: str | None = None
+    d_bn_batch_stats: bool | None = None
+    cell_power: float | None = None
+    cell_size_mm: float | None = None
+    layer_thickness_mm: float | None = None
+
+    def resolve(self) -> ResolvedModelConfig:
+        """The concrete, validated configuration: every ``None`` filled from the presets, the angle
+        head's geometry from ``hepgan.data.geometry`` (angle51). Raises ``ValueError`` naming the field
+        and the accepted values."""
+        if self.arch not in ARCHS:
+            raise ValueError(f"ModelConfig.arch must be one of {ARCHS}; got {self.arch!r}")
+        if self.size not in SIZES:
+            raise ValueError(f"ModelConfig.size must be one of {SIZES}; got {self.size!r}")
+        if self.conv_impl not in ("xla", "fft", "auto"):
+            raise ValueError(
+                f"ModelConfig.conv_impl must be one of ('xla', 'fft', 'auto'); got {self.conv_impl!r}"
+            )
+        preset = {**PRESETS[(self.arch, self.size)], **ARCH_DEFAULTS[self.arch]}
+        v = {f.name: getattr(self, f.name) for f in fields(self)}
+        v.update({k: p for k, p in preset.items() if v[k] is None})
+        v["g_channels"] = tuple(int(c) for c in v["g_channels"])
+        v["d_channels"] = tuple(int(c) for c in v["d_channels"])
+        n_g = len(PRESETS[(self.arch, "paper")]["g_channels"])  # type: ignore[arg-type]
+        n_d = len(PRESETS[(self.arch, "paper")]["d_channels"])  # type: ignore[arg-type]
+        if len(v["g_channels"]) != n_g or len(v["d_channels"]) != n_d:
+            raise ValueError(
+                f"ModelConfig for arch {self.arch!r} needs g_channels of length {n_g} and d_channels of "
+                f"length {n_d}; got {list(v['g_channels'])} and {list(v['d_channels'])}"
+            )
+        min_latent = 3 if self.arch == "angle51" else 1  # angle51 latent = [E/100, theta, noise...]
+        widths = [v["g_dense_channels"], *v["g_channels"], *v["d_channels"]]
+        if int(v["latent_dim"]) < min_latent or any(int(c) < 1 for c in widths):
+            raise ValueError(
+                f"ModelConfig widths must be positive (latent_dim >= {min_latent} for {self.arch}); got "
+                f"latent_dim={v['latent_dim']}, g_dense_channels={v['g_dense_channels']}, "
+                f"g_channels={list(v['g_channels'])}, d_channels={list(v['d_channels'])}"
+            )
+        if not 0.0 <= float(v["dropout"]) < 1.0 or float(v["cell_power"]) <= 0.0:
+            raise ValueError(
+                "ModelConfig.dropout must be in [0, 1) and cell_power > 0; "
+                f"got {v['dropout']}, {v['cell_power']}"
+            )
+        if self.arch == "angle51" and (v["cell_size_mm"] is None or v["layer_thickness_mm"] is None):
+            from hepgan.data.geometry import get_geometry
+
+            geo = get_geometry("angle51")
+            v["cell_size_mm"] = v["cell_size_mm"] or float(geo.cell_size_mm)
+            v["layer_thickness_mm"] = v["layer_thickness_mm"] or float(geo.layer_thickness_mm)
+        for k in ("cell_size_mm", "layer_thickness_mm"):
+            if v[k] is not None and float(v[k]) <= 0:
+                raise ValueError(f"ModelConfig.{k} must be > 0 (mm); got {v[k]}")
+        return ResolvedModelConfig(**v)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-able field mapping (for manifests)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ResolvedModelConfig:
+    """``ModelConfig`` with every field concrete (from ``ModelConfig.resolve``); frozen and hashable so
+    that modules keep it as a static attribute. Widths are tuples here."""
+
+    arch: str
+    size: str
+    conv_impl: str
+    latent_dim: int
+    g_dense_channels: int
+    g_channels: tuple[int, ...]
+    d_channels: tuple[int, ...]
+    dropout: float
+    bn_epsilon: float
+    bn_axis_name: str | None
+    d_bn_batch_stats: bool
+    cell_power: float
+    cell_size_mm: float | None
+    layer_thickness_mm: float | None
+
+    def resolve(self) -> ResolvedModelConfig:
+        """Already resolved: itself."""
+        return self
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-able field mapping (for manifests)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}

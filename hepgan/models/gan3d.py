@@ -1,0 +1,141 @@
+"""The fixed-angle 3DGAN (Khattak et al.; Keras ``EcalEnergyGan.py``): 25x25x25 showers, normal incidence.
+
+Layer by layer as the Keras original, channel-last ``[B, X, Y, Z, C]`` inside (``docs/models.md`` has the
+tables with shapes and parameter counts). Initialisers as Keras: the generator's convolutions
+``he_uniform``, its last convolution ``glorot_normal``, everything else the Keras default
+``glorot_uniform``; all biases zero.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hepgan.models.base import Discriminator, Generator, as_batch_vector, name_convs
+from hepgan.models.config import ModelConfig, ResolvedModelConfig
+from hepgan.models.conv import Conv3D
+from hepgan.models.layers import (
+    avg_pool2,
+    batch_norm,
+    glorot_normal,
+    glorot_uniform,
+    he_uniform,
+    leaky_relu,
+    upsample_nearest,
+    zero_pad,
+)
+
+GRID = (25, 25, 25)
+DENSE_GRID = (7, 7, 8)  # the Dense output is reshaped to (7, 7, 8, channels)
+D_POOLED = (11, 11, 11)  # 25 -> same -> 25 -> 25 -> 23 (ZeroPad 1, valid 5) -> AvgPool(2) -> 11
+
+
+class Generator3D(Generator):
+    """Generator ``[B, latent_dim] -> [B, 25, 25, 25]`` (cells x 100 in the paper's preprocessing).
+
+    Dense(7*7*8*c) -> reshape (7,7,8,c) -> Conv3D(g0,(6,6,8),same) -> LeakyReLU -> BN -> UpSampling(2,2,2)
+    -> ZeroPad(2,2,0) -> Conv3D(g1,(6,5,8)) -> LeakyReLU -> BN -> UpSampling(2,2,3) -> ZeroPad(1,0,3)
+    -> Conv3D(g2,(3,3,8)) -> LeakyReLU -> Conv3D(1,(2,2,2),no bias) -> ReLU.
+    """
+
+    def __init__(self, cfg: ModelConfig | ResolvedModelConfig, *, rngs: nnx.Rngs) -> None:
+        cfg = cfg.resolve()
+        self.cfg = cfg
+        self.latent_dim = cfg.latent_dim
+        self.grid = GRID
+        c0, (g0, g1, g2) = cfg.g_dense_channels, cfg.g_channels
+        eps, axis, impl = cfg.bn_epsilon, cfg.bn_axis_name, cfg.conv_impl
+        n_dense = DENSE_GRID[0] * DENSE_GRID[1] * DENSE_GRID[2] * c0
+        self.dense = nnx.Linear(self.latent_dim, n_dense, kernel_init=glorot_uniform, rngs=rngs)
+        self.conv1 = Conv3D(c0, g0, (6, 6, 8), padding="same", kernel_init=he_uniform, impl=impl, rngs=rngs)
+        self.bn1 = batch_norm(g0, eps, axis, rngs)
+        self.conv2 = Conv3D(g0, g1, (6, 5, 8), kernel_init=he_uniform, impl=impl, rngs=rngs)
+        self.bn2 = batch_norm(g1, eps, axis, rngs)
+        self.conv3 = Conv3D(g1, g2, (3, 3, 8), kernel_init=he_uniform, impl=impl, rngs=rngs)
+        self.conv4 = Conv3D(g2, 1, (2, 2, 2), use_bias=False, kernel_init=glorot_normal, impl=impl, rngs=rngs)
+        name_convs(self)
+
+    def latent(self, key: jax.Array, energy: jax.Array, theta: jax.Array | None = None) -> jax.Array:
+        """``(E/100) * N(0, 1)^latent_dim`` (multiplicative conditioning, as the paper).
+
+        ``key``: PRNG key; ``energy: [B] GeV``; ``theta`` is ignored (normal incidence).
+        Returns ``[B, latent_dim]``.
+        """
+        e = as_batch_vector("energy", energy)
+        noise = jax.random.normal(key, (e.shape[0], self.latent_dim), jnp.float32)
+        return (e / 100.0)[:, None] * noise
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """``z: [B, latent_dim]`` -> showers ``[B, 25, 25, 25]`` (preprocessed units, >= 0)."""
+        self.check_latent(z)
+        x = self.dense(z).reshape(z.shape[0], *DENSE_GRID, -1)  # [B, 7, 7, 8, c]
+        x = self.bn1(leaky_relu(self.conv1(x)))  # [B, 7, 7, 8, g0]
+        x = zero_pad(upsample_nearest(x, (2, 2, 2)), (2, 2, 0))  # [B, 18, 18, 16, g0]
+        x = self.bn2(leaky_relu(self.conv2(x)))  # [B, 13, 14, 9, g1]
+        x = zero_pad(upsample_nearest(x, (2, 2, 3)), (1, 0, 3))  # [B, 28, 28, 33, g1]
+        x = leaky_relu(self.conv3(x))  # [B, 26, 26, 26, g2]
+        x = jax.nn.relu(self.conv4(x))  # [B, 25, 25, 25, 1]
+        return x[..., 0]
+
+
+class Discriminator3D(Discriminator):
+    """Discriminator ``[B, 25, 25, 25] -> {"logit", "energy", "ecal"}``, each ``[B]``.
+
+    Conv3D(d0,5^3,same) -> LeakyReLU -> Dropout(0.2) -> 2 x [ZeroPad(2) -> Conv3D(d,5^3) -> LeakyReLU -> BN
+    -> Dropout] -> ZeroPad(1) -> Conv3D(d3,5^3) -> LeakyReLU -> BN -> Dropout -> AvgPool(2) -> Flatten;
+    heads Dense(1) real/fake (pre-sigmoid logit), Dense(1) energy (linear, E/100 units), and the ECAL sum
+    of the input cells (not learned). The Keras model calls its BN layers with ``training=True``, so by
+    default they use batch statistics in ``eval()`` mode too (``ModelConfig.d_bn_batch_stats``).
+    """
+
+    heads = ("logit", "energy", "ecal")
+
+    def __init__(self, cfg: ModelConfig | ResolvedModelConfig, *, rngs: nnx.Rngs) -> None:
+        cfg = cfg.resolve()
+        self.cfg = cfg
+        self.grid = GRID
+        d0, d1, d2, d3 = cfg.d_channels
+        eps, axis, impl = cfg.bn_epsilon, cfg.bn_axis_name, cfg.conv_impl
+        k = (5, 5, 5)
+        self.conv1 = Conv3D(1, d0, k, padding="same", impl=impl, rngs=rngs)
+        self.conv2 = Conv3D(d0, d1, k, impl=impl, rngs=rngs)
+        self.bn2 = batch_norm(d1, eps, axis, rngs)
+        self.conv3 = Conv3D(d1, d2, k, impl=impl, rngs=rngs)
+        self.bn3 = batch_norm(d2, eps, axis, rngs)
+        self.conv4 = Conv3D(d2, d3, k, impl=impl, rngs=rngs)
+        self.bn4 = batch_norm(d3, eps, axis, rngs)
+        # Dropout has no parameters, so one module serves the four Keras Dropout layers.
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        n_flat = D_POOLED[0] * D_POOLED[1] * D_POOLED[2] * d3
+        self.head_logit = nnx.Linear(n_flat, 1, kernel_init=glorot_uniform, rngs=rngs)
+        self.head_energy = nnx.Linear(n_flat, 1, kernel_init=glorot_uniform, rngs=rngs)
+        name_convs(self)
+
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        """``x: [B, 25, 25, 25]`` preprocessed cells -> ``[B]`` each: ``logit``, ``energy`` (E/100),
+        ``ecal`` (sum of the cells)."""
+        self.check_input(x)
+        h = x[..., None]
+        h = self.dropout(leaky_relu(self.conv1(h)))  # [B, 25, 25, 25, d0]
+        h = self.dropout(self.batch_norm(self.bn2, leaky_relu(self.conv2(zero_pad(h, (2, 2, 2))))))  # 25^3
+        h = self.dropout(self.batch_norm(self.bn3, leaky_relu(self.conv3(zero_pad(h, (2, 2, 2))))))  # 25^3
+        h = self.dropout(self.batch_norm(self.bn4, leaky_relu(self.conv4(zero_pad(h, (1, 1, 1))))))  # 23^3
+        h = avg_pool2(h).reshape(x.shape[0], -1)  # [B, 11*11*11*d3]
+        return {
+            "logit": self.head_logit(h)[:, 0],
+            "energy": self.head_energy(h)[:, 0],
+            # cell_power is 1 for the paper's fixed-angle preprocessing; honoured if configured otherwise
+            "ecal": jnp.sum(undo_power(x, self.cfg.cell_power), axis=(1, 2, 3)),
+        }
+
+
+def undo_power(x: jax.Array, cell_power: float) -> jax.Array:
+    """Cells before the power transform of the preprocessing: ``x^(1/cell_power)``.
+
+    ``x: [B, X, Y, Z]`` preprocessed cells ``>= 0`` (negatives are clipped to 0 because a fractional power
+    of a negative number is undefined) -> same shape, in the preprocessing's linear scale (x100 GeV).
+    """
+    if cell_power == 1.0:
+        return x
+    return jnp.power(jnp.maximum(x, 0.0), 1.0 / cell_power)
