@@ -1,0 +1,1 @@
+"""Hydra configuration groups of ``hepgan-train`` (YAML files; schemas in hepgan.train.config)."""

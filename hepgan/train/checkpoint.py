@@ -1,0 +1,205 @@
+"""Checkpoints with Orbax: the last ``k`` by step and the best by validation score, resumable.
+
+Layout under the run directory::
+
+    checkpoints/<step>/{state, extra}   the last ``keep_last`` saves (CheckpointManager, async)
+    best/<step>/{state, extra}          the best save by ``physics_score`` (lower is better)
+
+``state`` is the :class:`~hepgan.train.state.GANState` as a dict of pytrees; ``extra`` is JSON: the data
+position (:meth:`hepgan.data.pipeline.Pipeline.position`), the epoch, rollback count, the last validation
+metrics and a SHA-256 fingerprint of the state's bytes. Orbax writes each step into a temporary directory
+and renames it when complete, so an interrupted save never looks like a checkpoint; a checkpoint that
+fails to restore or whose fingerprint does not match (a damaged file) is reported and the one before it
+is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from hepgan.train.state import GANState
+
+log = logging.getLogger(__name__)
+
+SCORE = "physics_score"
+
+
+def state_to_tree(state: GANState) -> dict[str, Any]:
+    """The checkpointed form of a state: its fields as a dict."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
+def fingerprint(state: GANState) -> str:
+    """SHA-256 over every array of ``state`` (shape, dtype and bytes), in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state_to_tree(state)):
+        a = np.asarray(jax.device_get(leaf))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class Checkpointer:
+    """Save and restore :class:`GANState` plus JSON extras in ``directory`` (see the module docstring).
+
+    ``keep_last``: checkpoints kept by step; ``keep_best``: also keep the best by ``physics_score``;
+    ``async_save``: write in a background thread (call :meth:`wait` or :meth:`close` before exiting).
+    """
+
+    def __init__(
+        self, directory: str | Path, *, keep_last: int = 3, keep_best: bool = True, async_save: bool = True
+    ):
+        if keep_last < 1:
+            raise ValueError(f"train.keep_last: at least 1 checkpoint must be kept; got {keep_last}")
+        self.directory = Path(directory).absolute()
+        self.latest = ocp.CheckpointManager(
+            self.directory / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep_last,
+                create=True,
+                cleanup_tmp_directories=True,
+                enable_async_checkpointing=async_save,
+            ),
+        )
+        self.best: ocp.CheckpointManager | None = None
+        if keep_best:
+            self.best = ocp.CheckpointManager(
+                self.directory / "best",
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1,
+                    best_fn=lambda m: m[SCORE],
+                    best_mode="min",
+                    keep_checkpoints_without_metrics=False,
+                    create=True,
+                    cleanup_tmp_directories=True,
+                    enable_async_checkpointing=async_save,
+                ),
+            )
+
+    @staticmethod
+    def _args(state: GANState, extra: dict[str, Any]) -> ocp.args.Composite:
+        return ocp.args.Composite(
+            state=ocp.args.StandardSave(state_to_tree(state)), extra=ocp.args.JsonSave(extra)
+        )
+
+    def save(self, step: int, state: GANState, extra: dict[str, Any]) -> None:
+        """Save ``state`` at ``step`` with ``extra`` (JSON-able); the fingerprint is added to ``extra``."""
+        self.latest.wait_until_finished()  # one save in flight at a time keeps memory bounded
+        extra = {**extra, "fingerprint": fingerprint(state)}
+        self.latest.save(step, args=self._args(state, extra), force=True)
+
+    def save_best(self, step: int, state: GANState, extra: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Offer ``state`` as the best checkpoint; kept if its ``physics_score`` is the lowest so far."""
+        if self.best is None or not np.isfinite(metrics.get(SCORE, np.nan)):
+            return
+        self.best.wait_until_finished()
+        extra = {**extra, "fingerprint": fingerprint(state), "metrics": metrics}
+        self.best.save(
+            step, args=self._args(state, extra), metrics={SCORE: float(metrics[SCORE])}, force=True
+        )
+
+    def latest_step(self) -> int | None:
+        """Newest saved step, or None."""
+        return self.latest.latest_step()
+
+    def restore(self, template: GANState, *, best: bool = False) -> tuple[GANState, dict[str, Any]] | None:
+        """The newest checkpoint that restores and verifies (or the best, with ``best``), else None.
+
+        ``template``: a state with the wanted shapes, dtypes and shardings (e.g. the freshly initialised
+        one). A damaged checkpoint is logged as a warning and skipped.
+        """
+        manager = self.best if best else self.latest
+        if manager is None:
+            return None
+        manager.wait_until_finished()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_to_tree(template))
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                out = manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()
+                    ),
+                )
+                state = GANState(**out["state"])
+                extra = dict(out["extra"])
+                if extra.get("fingerprint") not in (None, fingerprint(state)):
+                    raise ValueError("the restored arrays do not match the fingerprint saved with them")
+            except Exception as exc:  # any damage: fall back to the previous checkpoint
+                log.warning(
+                    "checkpoint %s/%d is damaged or incomplete (%s: %s); trying the previous one",
+                    manager.directory,
+                    step,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
+                continue
+            return state, extra
+        return None
+
+    def wait(self) -> None:
+        """Block until the background saves are on disk."""
+        self.latest.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for the saves, then release the managers."""
+        self.wait()
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()
+
+
+def restore_run(run_dir: str | Path, *, best: bool = False) -> tuple[Any, GANState, Any, Any]:
+    """Rebuild a trained run from its directory: ``(players, state, preprocess, config)``.
+
+    Reads ``manifest.json`` for the configuration, builds the models, and restores the newest intact
+    checkpoint (the best by ``physics_score`` with ``best``). Raises ``FileNotFoundError`` naming what is
+    missing.
+    """
+    import json
+
+    from flax import nnx
+
+    from hepgan.data.pipeline import Preprocess
+    from hepgan.models import build
+    from hepgan.train.config import to_config
+    from hepgan.train.schedules import make_optimizer
+    from hepgan.train.state import init_state
+
+    run_dir = Path(run_dir)
+    if run_dir.name in ("checkpoints", "best") and not (run_dir / "manifest.json").exists():
+        run_dir = run_dir.parent
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"{manifest_path} not found: give the run directory that hepgan-train wrote (it holds "
+            "manifest.json and checkpoints/)"
+        )
+    conf = to_config(json.loads(manifest_path.read_text())["config"])
+    preprocess = Preprocess.from_config(conf.data, conf.model.arch)
+    model_cfg = conf.model
+    if model_cfg.cell_power is None:
+        model_cfg = dataclasses.replace(model_cfg, cell_power=preprocess.cell_power)
+    g, d = build(model_cfg, nnx.Rngs(conf.train.seed))
+    # the optimizer states are restored too, so their structure must match the run's
+    tx = make_optimizer(conf.optim, 1.0, 1)
+    template, players = init_state(g, d, tx, tx, conf.train.seed)
+    ckpt = Checkpointer(run_dir, keep_last=max(conf.train.keep_last, 1), keep_best=True)
+    try:
+        restored = ckpt.restore(template, best=best)
+    finally:
+        ckpt.close()
+    if restored is None:
+        which = "best" if best else "checkpoints"
+        raise FileNotFoundError(f"no intact checkpoint under {run_dir / which}")
+    return players, restored[0], preprocess, conf

@@ -1,0 +1,409 @@
+"""``fit(cfg) -> dict``: train a 3DGAN from a composed config; the one trainer, read top to bottom.
+
+Sections in execution order: setup, mesh, data, models, step, restore, loop, finish. A run directory
+(``cfg.out``) receives ``manifest.json``, ``checkpoints/`` and ``best/`` (Orbax), ``train.csv`` and
+``val.csv``, ``tb/`` (TensorBoard) and ``report/`` (the final validation report). Starting ``fit`` again on
+the same directory resumes from the newest intact checkpoint (a Slurm requeue is a rerun).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from omegaconf import DictConfig
+
+from hepgan.data.types import Showers
+from hepgan.train.checkpoint import Checkpointer
+from hepgan.train.config import Config, to_config, to_dict
+from hepgan.train.state import GANState, generate, init_state, param_count
+from hepgan.train.step import StepConfig, make_step
+
+log = logging.getLogger("hepgan.train")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient norm (the message names the step range)."""
+
+
+class _Logs:
+    """CSV and TensorBoard writers of one run (train rows and validation rows apart)."""
+
+    def __init__(self, run_dir: Path, cfg: Any):
+        self.files: dict[str, Any] = {}
+        self.writers: dict[str, csv.DictWriter] = {}
+        self.run_dir, self.use_csv = run_dir, cfg.csv
+        self.tb = None
+        if cfg.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    def write(self, kind: str, step: int, row: dict[str, float]) -> None:
+        if self.tb is not None:
+            for k, v in row.items():
+                self.tb.add_scalar(f"{kind}/{k}", v, step)
+        if not self.use_csv:
+            return
+        row = {"step": step, **row}
+        if kind not in self.writers:
+            path = self.run_dir / f"{kind}.csv"
+            if path.exists():  # resumed run: keep the header the file was started with
+                with open(path) as f:
+                    fields = next(csv.reader(f), list(row))
+            else:
+                fields = list(row)
+            self.files[kind] = open(path, "a", newline="")
+            self.writers[kind] = csv.DictWriter(self.files[kind], fieldnames=fields, extrasaction="ignore")
+            if not path.stat().st_size:
+                self.writers[kind].writeheader()
+        self.writers[kind].writerow(row)
+        self.files[kind].flush()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def fit(
+    cfg: Config | DictConfig | dict[str, Any],
+    *,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train the GAN ``cfg`` describes and return the run's result.
+
+    ``cfg``: a composed config (see :func:`hepgan.train.config.compose`) or a :class:`Config`.
+    ``on_validation(step, metrics)``: called after each validation (a sweep's pruning hook may raise).
+    Returns ``{"status", "objective" (final physics_score), "metrics" (final validation + last training
+    metrics), "best", "step", "epoch", "history" (validation rows), "timing", "paths"}``.
+    Raises :class:`NonFiniteError` when training diverges (the last good checkpoint is kept), and
+    ``ValueError`` for invalid settings.
+    """
+    # ---- setup ---------------------------------------------------------------------------------------
+    from hepgan.data.pipeline import Pipeline, Preprocess
+    from hepgan.data.source import open_source
+    from hepgan.models import build
+    from hepgan.physics.metrics import evaluate
+    from hepgan.provenance import build_manifest, write_manifest
+    from hepgan.train.schedules import make_optimizer, scaled_lr
+
+    start_time = datetime.now(UTC)
+    conf = to_config(cfg)
+    tc, lc = conf.train, conf.logging
+    if tc.on_nonfinite not in ("stop", "rollback"):
+        raise ValueError(f"train.on_nonfinite: expected 'stop' or 'rollback'; got {tc.on_nonfinite!r}")
+    if conf.parallel.backend != "xla":
+        raise ValueError(f"parallel.backend: only 'xla' is available so far; got {conf.parallel.backend!r}")
+    run_dir = Path(conf.out).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- mesh: a ("data",) axis over the devices; batches split along it, state replicated -------------
+    devices = jax.devices()
+    n_dev = conf.parallel.devices or len(devices)
+    if not 1 <= n_dev <= len(devices):
+        raise ValueError(f"parallel.devices: {n_dev} requested, {len(devices)} available")
+    mesh = Mesh(np.array(devices[:n_dev]), ("data",))
+    replicated = NamedSharding(mesh, P())
+    if tc.batch_size % n_dev:
+        raise ValueError(f"train.batch_size {tc.batch_size} must be a multiple of the device count {n_dev}")
+
+    # ---- data ----------------------------------------------------------------------------------------
+    if conf.data.kind == "simulated" and conf.data.geometry != conf.model.arch:
+        raise ValueError(
+            f"data.geometry {conf.data.geometry!r} and model.arch {conf.model.arch!r} differ; "
+            "the generator must produce the data's grid"
+        )
+    sources = open_source(conf.data)
+    preprocess = Preprocess.from_config(conf.data, conf.model.arch)
+    pipe = Pipeline(
+        sources.train,
+        tc.batch_size,
+        preprocess,
+        seed=tc.seed,
+        mesh=mesh,
+        shuffle=conf.data.shuffle,
+        prefetch=conf.data.prefetch,
+    )
+    n_ref = len(sources.reference) if tc.val_events is None else min(tc.val_events, len(sources.reference))
+    reference = sources.reference.read(np.arange(n_ref))
+    ref_theta = reference.theta_or_normal()
+    steps_per_epoch = pipe.steps_per_epoch
+    total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else tc.max_steps
+
+    # ---- models --------------------------------------------------------------------------------------
+    model_cfg = conf.model
+    if model_cfg.cell_power is None:  # the discriminator's ECAL head must undo the data's power
+        model_cfg = replace(model_cfg, cell_power=preprocess.cell_power)
+    generator, discriminator = build(model_cfg, nnx.Rngs(tc.seed))
+    d_updates = {"paper": 2, "n_critic": tc.n_critic, "simultaneous": 1}.get(tc.schedule, 1)
+    g_updates = 1 if tc.schedule == "simultaneous" else tc.g_steps
+    oc = conf.optim
+    lr_g = scaled_lr(oc.lr_g, tc.batch_size, oc.ref_batch, oc.scaling)
+    lr_d = scaled_lr(oc.lr_d, tc.batch_size, oc.ref_batch, oc.scaling)
+    # lr 1 here, the base rates live in the state (one compiled step for a whole lr sweep)
+    g_tx = make_optimizer(oc, 1.0, total_steps * g_updates)
+    d_tx = make_optimizer(oc, 1.0, total_steps * d_updates)
+    state, players = init_state(generator, discriminator, g_tx, d_tx, tc.seed, lr_g=lr_g, lr_d=lr_d)
+    state = jax.device_put(state, replicated)
+    del generator, discriminator
+
+    # ---- step ----------------------------------------------------------------------------------------
+    step_cfg = StepConfig(
+        arch=model_cfg.arch,
+        schedule=tc.schedule,
+        n_critic=tc.n_critic,
+        g_steps=tc.g_steps,
+        label_flip=tc.label_flip,
+        weights=None if tc.loss_weights is None else tuple(tc.loss_weights),
+        fake_energy_range=None if tc.fake_energy_range is None else tuple(tc.fake_energy_range),  # type: ignore[arg-type]
+        cell_power=preprocess.cell_power,
+        ema_decay=tc.ema_decay,
+        fake_bn=tc.fake_bn,
+    )
+    train_step = jax.jit(
+        make_step(players, step_cfg), donate_argnums=0, out_shardings=(replicated, replicated)
+    )
+
+    def generate_reference(st: GANState) -> Showers:
+        """The EMA generator's showers at the reference events' (E, theta), in file units."""
+        x = generate(players, st, reference.energy, ref_theta, batch=tc.batch_size, seed=tc.seed + 7919)
+        ecal = np.asarray(preprocess.invert_cells(x), np.float32)
+        return Showers(ecal=ecal, energy=reference.energy, theta=reference.theta)
+
+    # ---- restore -------------------------------------------------------------------------------------
+    ckpt = Checkpointer(run_dir, keep_last=tc.keep_last, keep_best=tc.keep_best)
+    extra: dict[str, Any] = {"rollbacks": 0, "history": []}
+    restored = ckpt.restore(state) if tc.resume else None
+    if restored is not None:
+        state, extra = restored
+        pipe.restore(extra["data_position"])
+        log.info("resumed from %s at step %d", ckpt.latest.directory, int(state.step))
+    manifest = build_manifest(
+        to_dict(conf), seed=tc.seed, data=sources.train.describe(), start_time=start_time
+    )
+    manifest["reference"] = sources.reference.describe()
+    manifest["parameters"] = {
+        "generator": param_count(state.g_params),
+        "discriminator": param_count(state.d_params),
+    }
+    manifest_path = write_manifest(run_dir, manifest)
+    logs = _Logs(run_dir, lc)
+    history: list[dict[str, Any]] = list(extra.get("history", []))
+
+    def extra_now(step: int) -> dict[str, Any]:
+        return {
+            "data_position": pipe.position(),
+            "epoch": step // steps_per_epoch,
+            "rollbacks": extra["rollbacks"],
+            "history": history,
+        }
+
+    def run_validation(step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = {
+            k: float(v)
+            for k, v in evaluate(generate_reference(state), reference, metrics=tc.val_metrics).items()
+        }
+        metrics["val_seconds"] = time.perf_counter() - t0
+        history.append({"step": step, "epoch": step / steps_per_epoch, **metrics})
+        logs.write("val", step, metrics)
+        log.info(
+            "step %d: physics_score %.4f, sf_rel_error %.4f",
+            step,
+            metrics["physics_score"],
+            metrics["sf_rel_error"],
+        )
+        if on_validation is not None:
+            on_validation(step, metrics)
+        return metrics
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    step = int(state.step)
+    timing = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "validation_seconds": 0.0, "steps": 0}
+    last_metrics: dict[str, float] = {}
+    status = "ok"
+    if step == 0:
+        t0 = time.perf_counter()
+        metrics = run_validation(0)
+        ckpt.save(0, state, extra_now(0))
+        timing["validation_seconds"] += time.perf_counter() - t0
+    last_good = step
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} showers/s  d {task.fields[d]:.3g}  g {task.fields[g]:.3g}"),
+        TimeRemainingColumn(),
+        disable=not lc.progress,
+        transient=False,
+    )
+
+    def check_pending() -> None:
+        """Fetch the buffered step metrics; raise NonFiniteError at the first non-finite one."""
+        nonlocal last_good, last_metrics
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched, strict=True):
+            if m["finite"] < 1.0:
+                pending.clear()
+                raise NonFiniteError(
+                    f"non-finite loss or gradient norm in the update of step {s} (steps {last_good + 1}..{s} "
+                    f"were checked; d_loss={float(m['d_loss'])}, g_loss={float(m['g_loss'])}, "
+                    f"d_grad_norm={float(m['d_grad_norm'])}, g_grad_norm={float(m['g_grad_norm'])})"
+                )
+            last_good = s
+        last_metrics = {k: float(v) for k, v in fetched[-1].items()}
+        pending.clear()
+
+    try:
+        with progress:
+            task = progress.add_task("train", total=total_steps, completed=step, rate=0.0, d=0.0, g=0.0)
+            window_t, window_n = time.perf_counter(), 0
+            while step < total_steps:
+                t0 = time.perf_counter()
+                batch = next(pipe)
+                state, metrics = train_step(state, batch)
+                step += 1
+                window_n += 1
+                pending.append((step, metrics))
+                epoch_end = step % steps_per_epoch == 0
+                if step % lc.every_steps == 0 or epoch_end or step == total_steps:
+                    try:
+                        check_pending()
+                    except NonFiniteError as exc:
+                        if tc.on_nonfinite == "stop" or extra["rollbacks"] >= tc.max_rollbacks:
+                            raise
+                        back = ckpt.restore(state)
+                        if back is None:
+                            raise
+                        # keep the data moving forward: the batches since the checkpoint are skipped
+                        state = back[0].replace(lr_scale=back[0].lr_scale * tc.rollback_lr_factor)
+                        extra["rollbacks"] += 1
+                        log.warning(
+                            "%s; rolled back to step %d with lr x %.3g",
+                            exc,
+                            int(state.step),
+                            float(state.lr_scale),
+                        )
+                        step = last_good = int(state.step)
+                        progress.update(task, completed=step)
+                        continue
+                    rate = window_n * tc.batch_size / max(time.perf_counter() - window_t, 1e-9)
+                    window_t, window_n = time.perf_counter(), 0
+                    logs.write(
+                        "train",
+                        step,
+                        {**last_metrics, "showers_per_s": rate, "epoch": step / steps_per_epoch},
+                    )
+                    progress.update(task, rate=rate, d=last_metrics["d_loss"], g=last_metrics["g_loss"])
+                progress.update(task, completed=step)
+                timing["train_seconds"] += time.perf_counter() - t0
+                timing["steps"] += 1
+
+                epoch = step // steps_per_epoch
+                val_now = epoch_end and tc.val_every_epochs > 0 and epoch % tc.val_every_epochs == 0
+                if val_now and step < total_steps:
+                    t0 = time.perf_counter()
+                    metrics_v = run_validation(step)
+                    ckpt.save_best(step, state, extra_now(step), metrics_v)
+                    timing["validation_seconds"] += time.perf_counter() - t0
+                ckpt_now = (
+                    step % tc.ckpt_every_steps == 0
+                    if tc.ckpt_every_steps > 0
+                    else epoch_end and epoch % max(tc.ckpt_every_epochs, 1) == 0
+                )
+                if ckpt_now and step < total_steps:
+                    t0 = time.perf_counter()
+                    check_pending()
+                    ckpt.save(step, state, extra_now(step))
+                    timing["checkpoint_seconds"] += time.perf_counter() - t0
+    except NonFiniteError as exc:
+        ckpt.close()
+        pipe.close()
+        logs.close()
+        good = ckpt.latest_step()
+        raise NonFiniteError(
+            f"{exc}. Training stopped; the last good checkpoint (step {good}) is kept in "
+            f"{run_dir / 'checkpoints'} "
+            "and a rerun in the same directory resumes from it. Lower optim.lr_g/optim.lr_d, set "
+            "optim.clip_norm, or use train.on_nonfinite=rollback."
+        ) from None
+    except BaseException:
+        # an interrupt or crash: wait for saves in flight so the last checkpoint is whole
+        ckpt.close()
+        pipe.close()
+        logs.close()
+        raise
+
+    # ---- finish: final checkpoint, validation, report ---------------------------------------------------
+    pipe.close()
+    t0 = time.perf_counter()
+    check_pending()
+    final = run_validation(step)
+    timing["validation_seconds"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if ckpt.latest_step() != step:
+        ckpt.save(step, state, extra_now(step))
+    ckpt.save_best(step, state, extra_now(step), final)
+    ckpt.close()
+    timing["checkpoint_seconds"] += time.perf_counter() - t0
+    report_path = None
+    if tc.report:
+        from hepgan.physics.report import write_report
+
+        t0 = time.perf_counter()
+        generated = generate_reference(state)
+        full = {k: float(v) for k, v in evaluate(generated, reference, metrics=tc.report_metrics).items()}
+        if history:  # the starting point, to show what training changed
+            full.update({f"step0/{k}": history[0][k] for k in ("physics_score", "sf_rel_error")})
+        epochs_done = step / steps_per_epoch
+        title = f"hepgan {model_cfg.arch}/{model_cfg.size} after {step} steps ({epochs_done:.1f} epochs)"
+        report_path = write_report(run_dir / "report", generated, reference, full, title=title)
+        timing["report_seconds"] = time.perf_counter() - t0
+    logs.close()
+    best = min(history, key=lambda h: h["physics_score"]) if history else None
+    train_rate = timing["steps"] * tc.batch_size / max(timing["train_seconds"], 1e-9)
+    result = {
+        "status": status,
+        "objective": final["physics_score"],
+        "metrics": {**final, **{f"train/{k}": v for k, v in last_metrics.items()}},
+        "best": None if best is None else {"step": best["step"], "physics_score": best["physics_score"]},
+        "initial": history[0] if history else None,
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "history": history,
+        "timing": {**timing, "showers_per_s": train_rate},
+        "paths": {
+            "run_dir": str(run_dir),
+            "checkpoints": str(run_dir / "checkpoints"),
+            "best": str(run_dir / "best"),
+            "manifest": str(manifest_path),
+            "report": None if report_path is None else str(report_path),
+            "train_csv": str(run_dir / "train.csv"),
+            "val_csv": str(run_dir / "val.csv"),
+            "tensorboard": str(run_dir / "tb"),
+        },
+    }
+    (run_dir / "fit_result.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if math.isfinite(final["physics_score"]):
+        log.info("done: %s", run_dir)
+    return result
