@@ -2,7 +2,8 @@
 
 The top-level :class:`Config` composes the rooms' own schemas: ``model`` is
 :class:`hepgan.models.ModelConfig`, ``data`` is :class:`hepgan.data.source.DataConfig`; ``optim``,
-``train``, ``parallel`` and ``logging`` are defined here. The YAML groups under ``hepgan/conf/`` fill
+``train`` and ``logging`` are defined here; ``parallel`` is :class:`hepgan.parallel.ParallelConfig` and
+``scaling`` :class:`hepgan.train.scaling.ScalingConfig`. The YAML groups under ``hepgan/conf/`` fill
 these schemas, so a misspelt key fails when the config is composed, not hours into a job.
 """
 
@@ -18,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hepgan.data.source import DataConfig
 from hepgan.models import ModelConfig
+from hepgan.parallel.config import ParallelConfig
+from hepgan.train.scaling import ScalingConfig
 
 
 @dataclass
@@ -97,18 +100,6 @@ class TrainConfig:
 
 
 @dataclass
-class ParallelConfig:
-    """Devices of the run (schema of group ``parallel``).
-
-    devices: how many of ``jax.devices()`` form the ``("data",)`` mesh (None: all). backend: the gradient
-    reduction; only "xla" (jit over the mesh: XLA inserts the all-reduce) exists so far.
-    """
-
-    devices: int | None = None
-    backend: str = "xla"
-
-
-@dataclass
 class LoggingConfig:
     """What a run writes while it trains (schema of group ``logging``).
 
@@ -131,6 +122,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     out: str = "runs/default"
 
@@ -141,6 +133,7 @@ GROUPS: dict[str, type] = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "parallel": ParallelConfig,
+    "scaling": ScalingConfig,
     "logging": LoggingConfig,
 }
 

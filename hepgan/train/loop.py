@@ -1,9 +1,10 @@
 """``fit(cfg) -> dict``: train a 3DGAN from a composed config; the one trainer, read top to bottom.
 
-Sections in execution order: setup, mesh, data, models, step, restore, loop, finish. A run directory
-(``cfg.out``) receives ``manifest.json``, ``checkpoints/`` and ``best/`` (Orbax), ``train.csv`` and
-``val.csv``, ``tb/`` (TensorBoard) and ``report/`` (the final validation report). Starting ``fit`` again on
-the same directory resumes from the newest intact checkpoint (a Slurm requeue is a rerun).
+Sections in execution order: setup, mesh (processes, devices, reduction backend), data, models, step,
+restore, loop, finish. A run directory (``cfg.out``) receives ``manifest.json``, ``checkpoints/`` and
+``best/`` (Orbax), ``train.csv`` and ``val.csv``, ``tb/`` (TensorBoard) and ``report/`` (the final
+validation report). Starting ``fit`` again on the same directory resumes from the newest intact
+checkpoint (a Slurm requeue is a rerun).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from omegaconf import DictConfig
 
 from hepgan.data.types import Showers
@@ -84,11 +83,14 @@ def fit(
     cfg: Config | DictConfig | dict[str, Any],
     *,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    report: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the GAN ``cfg`` describes and return the run's result.
 
     ``cfg``: a composed config (see :func:`hepgan.train.config.compose`) or a :class:`Config`.
     ``on_validation(step, metrics)``: called after each validation (a sweep's pruning hook may raise).
+    ``report(step, metrics)``: called on the main process after each validation once that step's
+    checkpoints are saved; what it raises (``optuna.TrialPruned``) ends the run and propagates.
     Returns ``{"status", "objective" (final physics_score), "metrics" (final validation + last training
     metrics), "best", "step", "epoch", "history" (validation rows), "timing", "paths"}``.
     Raises :class:`NonFiniteError` when training diverges (the last good checkpoint is kept), and
@@ -98,29 +100,31 @@ def fit(
     from hepgan.data.pipeline import Pipeline, Preprocess
     from hepgan.data.source import open_source
     from hepgan.models import build
+    from hepgan.parallel import GNSTracker
+    from hepgan.parallel import setup as parallel_setup
     from hepgan.physics.metrics import evaluate
     from hepgan.provenance import build_manifest, write_manifest
-    from hepgan.train.schedules import make_optimizer, scaled_lr
+    from hepgan.train.scaling import build_optimizers
 
     start_time = datetime.now(UTC)
     conf = to_config(cfg)
     tc, lc = conf.train, conf.logging
     if tc.on_nonfinite not in ("stop", "rollback"):
         raise ValueError(f"train.on_nonfinite: expected 'stop' or 'rollback'; got {tc.on_nonfinite!r}")
-    if conf.parallel.backend != "xla":
-        raise ValueError(f"parallel.backend: only 'xla' is available so far; got {conf.parallel.backend!r}")
     run_dir = Path(conf.out).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # ---- mesh: a ("data",) axis over the devices; batches split along it, state replicated -------------
-    devices = jax.devices()
-    n_dev = conf.parallel.devices or len(devices)
-    if not 1 <= n_dev <= len(devices):
-        raise ValueError(f"parallel.devices: {n_dev} requested, {len(devices)} available")
-    mesh = Mesh(np.array(devices[:n_dev]), ("data",))
-    replicated = NamedSharding(mesh, P())
-    if tc.batch_size % n_dev:
-        raise ValueError(f"train.batch_size {tc.batch_size} must be a multiple of the device count {n_dev}")
+    # ---- mesh: processes, the ("data",) mesh and the gradient-reduction backend (docs/parallel.md) -----
+    par = parallel_setup(conf.parallel)
+    per_device_batch = par.per_device_batch(tc.batch_size)  # raises unless the batch splits evenly
+    log.info(
+        "%s backend: %d worker(s) in %d process(es), global batch %d, per-device batch %d",
+        par.backend,
+        par.workers,
+        par.process_count,
+        tc.batch_size,
+        per_device_batch,
+    )
 
     # ---- data ----------------------------------------------------------------------------------------
     if conf.data.kind == "simulated" and conf.data.geometry != conf.model.arch:
@@ -135,9 +139,9 @@ def fit(
         tc.batch_size,
         preprocess,
         seed=tc.seed,
-        mesh=mesh,
         shuffle=conf.data.shuffle,
         prefetch=conf.data.prefetch,
+        **par.pipeline_args(),  # the mesh, or (mpi) this process's share of every batch
     )
     n_ref = len(sources.reference) if tc.val_events is None else min(tc.val_events, len(sources.reference))
     reference = sources.reference.read(np.arange(n_ref))
@@ -149,17 +153,26 @@ def fit(
     model_cfg = conf.model
     if model_cfg.cell_power is None:  # the discriminator's ECAL head must undo the data's power
         model_cfg = replace(model_cfg, cell_power=preprocess.cell_power)
+    if conf.parallel.sync_batchnorm:  # BatchNorm moments averaged over the shard_map devices
+        model_cfg = replace(model_cfg, bn_axis_name="data")
     generator, discriminator = build(model_cfg, nnx.Rngs(tc.seed))
     d_updates = {"paper": 2, "n_critic": tc.n_critic, "simultaneous": 1}.get(tc.schedule, 1)
     g_updates = 1 if tc.schedule == "simultaneous" else tc.g_steps
     oc = conf.optim
-    lr_g = scaled_lr(oc.lr_g, tc.batch_size, oc.ref_batch, oc.scaling)
-    lr_d = scaled_lr(oc.lr_d, tc.batch_size, oc.ref_batch, oc.scaling)
-    # lr 1 here, the base rates live in the state (one compiled step for a whole lr sweep)
-    g_tx = make_optimizer(oc, 1.0, total_steps * g_updates)
-    d_tx = make_optimizer(oc, 1.0, total_steps * d_updates)
-    state, players = init_state(generator, discriminator, g_tx, d_tx, tc.seed, lr_g=lr_g, lr_d=lr_d)
-    state = jax.device_put(state, replicated)
+    # Scaling rules give each player's peak rate for this global batch; the optimizers carry only the
+    # warm-up/decay shape (peak 1) and the peak rates live in the state (one compiled step per lr sweep).
+    updates_per_step = {"g": g_updates, "d": d_updates}
+    opt = build_optimizers(
+        oc,
+        conf.scaling,
+        tc.batch_size,
+        {p: total_steps * n for p, n in updates_per_step.items()},
+        unit_lr=True,
+    )
+    state, players = init_state(
+        generator, discriminator, opt.g_tx, opt.d_tx, tc.seed, lr_g=opt.peak_lr["g"], lr_d=opt.peak_lr["d"]
+    )
+    state = par.place_state(state)
     del generator, discriminator
 
     # ---- step ----------------------------------------------------------------------------------------
@@ -175,9 +188,7 @@ def fit(
         ema_decay=tc.ema_decay,
         fake_bn=tc.fake_bn,
     )
-    train_step = jax.jit(
-        make_step(players, step_cfg), donate_argnums=0, out_shardings=(replicated, replicated)
-    )
+    train_step = par.compile(make_step(players, step_cfg, par.reducer))
 
     def generate_reference(st: GANState) -> Showers:
         """The EMA generator's showers at the reference events' (E, theta), in file units."""
@@ -187,6 +198,10 @@ def fit(
 
     # ---- restore -------------------------------------------------------------------------------------
     ckpt = Checkpointer(run_dir, keep_last=tc.keep_last, keep_best=tc.keep_best)
+    # mpi processes are separate JAX programs with identical states: process 0 writes, all restore. Under
+    # jax.distributed every process takes part in each (Orbax coordinates them).
+    writes = par.backend != "mpi" or par.is_main
+    par.barrier()  # nobody saves before every process has opened (and tidied) the checkpoint folder
     extra: dict[str, Any] = {"rollbacks": 0, "history": []}
     restored = ckpt.restore(state) if tc.resume else None
     if restored is not None:
@@ -201,8 +216,12 @@ def fit(
         "generator": param_count(state.g_params),
         "discriminator": param_count(state.d_params),
     }
-    manifest_path = write_manifest(run_dir, manifest)
-    logs = _Logs(run_dir, lc)
+    manifest["parallel"] = par.describe(tc.batch_size)
+    manifest["scaling"] = opt.describe()
+    # Process 0 alone writes the manifest, logs and report.
+    manifest_path = write_manifest(run_dir, manifest) if par.is_main else run_dir / "manifest.json"
+    logs = _Logs(run_dir, lc if par.is_main else replace(lc, tensorboard=False, csv=False))
+    gns = {p: GNSTracker(conf.parallel.gns_ema) for p in ("d", "g")}
     history: list[dict[str, Any]] = list(extra.get("history", []))
 
     def extra_now(step: int) -> dict[str, Any]:
@@ -230,7 +249,16 @@ def fit(
         )
         if on_validation is not None:
             on_validation(step, metrics)
+        if report is not None and par.is_main:  # (mpi: every process is its own JAX process 0)
+            to_report.append((step, metrics))
         return metrics
+
+    to_report: list[tuple[int, dict[str, float]]] = []
+
+    def flush_reports() -> None:
+        # called once the step's checkpoints are saved, so a pruned run keeps them
+        while to_report:
+            report(*to_report.pop(0))  # type: ignore[misc]
 
     # ---- loop ----------------------------------------------------------------------------------------
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -242,7 +270,8 @@ def fit(
     if step == 0:
         t0 = time.perf_counter()
         metrics = run_validation(0)
-        ckpt.save(0, state, extra_now(0))
+        if writes:
+            ckpt.save(0, state, extra_now(0))
         timing["validation_seconds"] += time.perf_counter() - t0
     last_good = step
     pending: list[tuple[int, dict[str, jax.Array]]] = []
@@ -252,7 +281,7 @@ def fit(
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f} showers/s  d {task.fields[d]:.3g}  g {task.fields[g]:.3g}"),
         TimeRemainingColumn(),
-        disable=not lc.progress,
+        disable=not (lc.progress and par.is_main),
         transient=False,
     )
 
@@ -271,10 +300,19 @@ def fit(
                     f"d_grad_norm={float(m['d_grad_norm'])}, g_grad_norm={float(m['g_grad_norm'])})"
                 )
             last_good = s
+        for m in fetched:  # the critical batch estimate, from every step's gradient-norm estimators
+            for p, tracker in gns.items():
+                if f"{p}_gns_g2" in m:
+                    tracker.update(float(m[f"{p}_gns_g2"]), float(m[f"{p}_gns_s"]))
         last_metrics = {k: float(v) for k, v in fetched[-1].items()}
+        last_metrics.update({f"b_noise_{p}": t.b_noise for p, t in gns.items() if t.n})
+        scale = last_metrics.get("lr_scale", 1.0)
+        lrs = opt.effective_lr({p: last_good * n for p, n in updates_per_step.items()})
+        last_metrics.update({k: v * scale for k, v in lrs.items()})
         pending.clear()
 
     try:
+        flush_reports()
         with progress:
             task = progress.add_task("train", total=total_steps, completed=step, rate=0.0, d=0.0, g=0.0)
             window_t, window_n = time.perf_counter(), 0
@@ -324,7 +362,8 @@ def fit(
                 if val_now and step < total_steps:
                     t0 = time.perf_counter()
                     metrics_v = run_validation(step)
-                    ckpt.save_best(step, state, extra_now(step), metrics_v)
+                    if writes:
+                        ckpt.save_best(step, state, extra_now(step), metrics_v)
                     timing["validation_seconds"] += time.perf_counter() - t0
                 ckpt_now = (
                     step % tc.ckpt_every_steps == 0
@@ -334,8 +373,10 @@ def fit(
                 if ckpt_now and step < total_steps:
                     t0 = time.perf_counter()
                     check_pending()
-                    ckpt.save(step, state, extra_now(step))
+                    if writes:
+                        ckpt.save(step, state, extra_now(step))
                     timing["checkpoint_seconds"] += time.perf_counter() - t0
+                flush_reports()
     except NonFiniteError as exc:
         ckpt.close()
         pipe.close()
@@ -361,13 +402,14 @@ def fit(
     final = run_validation(step)
     timing["validation_seconds"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    if ckpt.latest_step() != step:
+    if writes and ckpt.latest_step() != step:
         ckpt.save(step, state, extra_now(step))
-    ckpt.save_best(step, state, extra_now(step), final)
+    if writes:
+        ckpt.save_best(step, state, extra_now(step), final)
     ckpt.close()
     timing["checkpoint_seconds"] += time.perf_counter() - t0
     report_path = None
-    if tc.report:
+    if tc.report and par.is_main:
         from hepgan.physics.report import write_report
 
         t0 = time.perf_counter()
@@ -380,6 +422,7 @@ def fit(
         report_path = write_report(run_dir / "report", generated, reference, full, title=title)
         timing["report_seconds"] = time.perf_counter() - t0
     logs.close()
+    flush_reports()
     best = min(history, key=lambda h: h["physics_score"]) if history else None
     train_rate = timing["steps"] * tc.batch_size / max(timing["train_seconds"], 1e-9)
     result = {
@@ -403,7 +446,8 @@ def fit(
             "tensorboard": str(run_dir / "tb"),
         },
     }
-    (run_dir / "fit_result.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if par.is_main:
+        (run_dir / "fit_result.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     if math.isfinite(final["physics_score"]):
         log.info("done: %s", run_dir)
     return result

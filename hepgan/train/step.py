@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from hepgan.parallel.reduce import Reducer
 from hepgan.train.losses import PAPER_WEIGHTS, TERMS, gan_loss
 from hepgan.train.state import GANState, Players, fresh_rngs
 
@@ -94,8 +95,16 @@ def _norm(tree: Any) -> jax.Array:
     return optax.tree.norm(tree)
 
 
-def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], tuple[GANState, Metrics]]:
+def make_step(
+    players: Players, cfg: StepConfig, reducer: Reducer | None = None
+) -> Callable[[GANState, Batch], tuple[GANState, Metrics]]:
     """Build the pure update for ``players`` (see the module docstring for the schedules).
+
+    ``reducer`` (:class:`hepgan.parallel.Reducer`, default: none needed) is how a per-device step agrees
+    with the other data-parallel workers: gradients, BatchNorm statistics and metrics are averaged with
+    it, and the step key is folded with the worker index. Under ``shard_map``/``mpi`` the step sees the
+    worker's share of the batch and also returns the gradient-noise-scale estimators
+    ``{d,g}_gns_g2``/``{d,g}_gns_s`` (McCandlish et al.; see :mod:`hepgan.parallel.reduce`).
 
     The returned ``step(state, batch)`` takes ``batch = {"ecal": [B,X,Y,Z] preprocessed cells,
     "energy": [B] E/100, "theta": [B] rad}`` and returns the new state and scalar metrics: per-player
@@ -108,6 +117,7 @@ def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], 
         raise ValueError(f"train.fake_bn: unknown {cfg.fake_bn!r}; valid: ['running', 'batch']")
     weights = cfg.loss_weights()
     angle = cfg.arch == "angle51"
+    reducer = reducer if reducer is not None else Reducer()
 
     # ---- the two players as functions of their arrays --------------------------------------------------
     # nnx variables remember the trace they were made in; rebuilding the state pytrees here gives merge
@@ -136,7 +146,8 @@ def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], 
         e_f = jax.random.uniform(key, e.shape, e.dtype, lo, hi)
         # The Keras loop gives sampled energies an ECAL-sum target from a fit of sum/E; a straight-line
         # fit through the origin on the real batch needs no constants tied to the data's units.
-        ratio = jnp.sum(ecal_real) / jnp.maximum(jnp.sum(e), 1e-12)
+        # Sums over the global batch, so that every worker fits the same line.
+        ratio = reducer.mean(jnp.sum(ecal_real)) / jnp.maximum(reducer.mean(jnp.sum(e)), 1e-12)
         return e_f, theta, e_f * ratio
 
     def latent(state, key, e, theta):
@@ -170,9 +181,10 @@ def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], 
 
     def d_grads(state, parts, key):
         (_loss, (aux, d_bs)), grads = jax.value_and_grad(d_loss, has_aux=True)(
-            state.d_params, state.d_batch_stats, parts, key
+            reducer.local(state.d_params), state.d_batch_stats, parts, key
         )
-        return grads, d_bs, aux
+        grads, gns = reducer.grads(grads, parts[0][1].shape[0])
+        return grads, reducer.mean(d_bs), aux, gns
 
     def d_apply(state, grads, d_bs):
         updates, opt_state = players.d_tx.update(grads, state.d_opt_state, state.d_params)
@@ -195,9 +207,19 @@ def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], 
         e, theta, ecal_t = conditions(k_c, batch, ecal_real)
         z = latent(state, k_z, e, theta)
         (loss, (aux, g_bs)), grads = jax.value_and_grad(g_loss, has_aux=True)(
-            state.g_params, state.g_batch_stats, state.d_params, state.d_batch_stats, z, e, theta, ecal_t, k_l
+            reducer.local(state.g_params),
+            state.g_batch_stats,
+            state.d_params,
+            state.d_batch_stats,
+            z,
+            e,
+            theta,
+            ecal_t,
+            k_l,
         )
-        return grads, g_bs, {"g_loss": loss, **aux}
+        grads, gns = reducer.grads(grads, e.shape[0])
+        g_gns.append(gns)
+        return grads, reducer.mean(g_bs), {"g_loss": loss, **aux}
 
     def g_apply(state, grads, g_bs):
         updates, opt_state = players.g_tx.update(grads, state.g_opt_state, state.g_params)
@@ -207,15 +229,21 @@ def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], 
         )
 
     # ---- the update ---------------------------------------------------------------------------------------
+    # Gradient-noise-scale estimators of the updates of one trace (filled while tracing the step).
+    d_gns: list[dict[str, jax.Array]] = []
+    g_gns: list[dict[str, jax.Array]] = []
+
     def step(state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        k_d, k_g = jax.random.split(key)
+        k_d, k_g = jax.random.split(reducer.fold_in(key))
         real = batch["ecal"]
         ecal_real = ecal_sum(real, cfg.cell_power)
         ones = jnp.ones(batch["energy"].shape, jnp.float32)
         old_g, old_d = state.g_params, state.d_params
         metrics: dict[str, jax.Array] = {}
         d_gnorms, g_gnorms, g_aux = [], [], []
+        d_gns.clear()
+        g_gns.clear()
 
         def real_part(k):
             return ("real", real, _flip(k, ones, cfg.label_flip), batch["energy"], batch["theta"], ecal_real)
@@ -226,7 +254,8 @@ def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], 
             return ("fake", x, _flip(k_l, jnp.zeros_like(ones), cfg.label_flip), e, theta, ecal_t)
 
         def d_round(st, parts, k):
-            dg, d_bs, aux = d_grads(st, parts, k)
+            dg, d_bs, aux, gns = d_grads(st, parts, k)
+            d_gns.append(gns)
             metrics.update(aux)
             d_gnorms.append(_norm(dg))
             return dg, d_bs
@@ -255,6 +284,10 @@ def make_step(players: Players, cfg: StepConfig) -> Callable[[GANState, Batch], 
 
         for k in g_aux[0]:
             metrics[k] = jnp.mean(jnp.stack([a[k] for a in g_aux]))
+        metrics = reducer.mean(metrics)  # per-worker losses -> global-batch means
+        for player, est in (("d", d_gns), ("g", g_gns)):
+            for k in est[0] if est else ():
+                metrics[f"{player}_{k}"] = jnp.mean(jnp.stack([x[k] for x in est]))
         metrics["d_loss"] = jnp.sum(
             jnp.stack([v for k, v in metrics.items() if k.startswith("d_") and k.endswith("_loss")])
         )

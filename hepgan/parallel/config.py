@@ -1,0 +1,80 @@
+"""Schema of the ``parallel`` config group: which devices, which gradient reduction, how processes meet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKENDS = ("xla", "shard_map", "mpi")
+REDUCE_MODES = ("tree", "flat")
+LAUNCHERS = ("auto", "none", "slurm", "mpi", "explicit")
+
+
+@dataclass
+class ParallelConfig:
+    """Devices of the run and the data-parallel gradient reduction (schema of group ``parallel``).
+
+    backend: "xla" (``jit`` over a ``("data",)`` mesh; XLA inserts the all-reduce; BatchNorm statistics
+      over the global batch), "shard_map" (the step written per device, gradients averaged with
+      ``lax.pmean``; BatchNorm per device unless ``sync_batchnorm``) or "mpi" (one process per device,
+      gradients averaged with mpi4jax ``allreduce`` inside the jitted step; launch with mpirun/srun/jsrun).
+    sync_batchnorm: shard_map only: BatchNorm batch moments averaged over devices (``pmean``), i.e. the
+      global-batch statistics of ``xla``; False keeps them per device (as Horovod).
+    devices: how many of the local ``jax.devices()`` form the mesh (None: all; mpi: always 1 per process).
+    mpi_reduce: "tree" (one ``allreduce`` per gradient array) or "flat" (the whole gradient pytree
+      concatenated into one buffer: one ``allreduce`` per player and update, fewer latency-bound calls).
+    launcher: how the processes of a multi-host run find each other: "auto" (detect Slurm, Open MPI,
+      MPICH/PMI, LSF/jsrun from the environment; single process when none is found), "none" (single
+      process), "slurm", "mpi" (jax's mpi4py detection: Open MPI 5, MPICH, jsrun), or "explicit" (use
+      ``coordinator_address``, ``num_processes``, ``process_id``).
+    coordinator_address: ``host:port`` of process 0's coordination service (explicit launcher, or an
+      override of the detected one). num_processes, process_id: explicit process layout.
+    local_device_ids: devices this process drives (None: all visible; with one task per GPU the launcher
+      usually restricts visibility already).
+    init_timeout_s: seconds to wait for all processes to join.
+    gns: estimate the gradient noise scale (needs per-device gradients: shard_map or mpi with > 1 worker).
+    gns_ema: decay of the exponential moving averages of the two gradient-norm estimators.
+    """
+
+    backend: str = "xla"
+    sync_batchnorm: bool = False
+    devices: int | None = None
+    mpi_reduce: str = "flat"
+    launcher: str = "auto"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: list[int] | None = None
+    init_timeout_s: int = 300
+    gns: bool = True
+    gns_ema: float = 0.95
+
+    def validate(self) -> ParallelConfig:
+        """Check the fields; returns ``self``. Raises ``ValueError`` naming the bad ``parallel.*`` key."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"parallel.backend: unknown {self.backend!r}; valid: {list(BACKENDS)}")
+        if self.mpi_reduce not in REDUCE_MODES:
+            raise ValueError(f"parallel.mpi_reduce: unknown {self.mpi_reduce!r}; valid: {list(REDUCE_MODES)}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"parallel.launcher: unknown {self.launcher!r}; valid: {list(LAUNCHERS)}")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(
+                f"parallel.devices: need at least 1 device (or null for all); got {self.devices}"
+            )
+        if self.sync_batchnorm and self.backend != "shard_map":
+            raise ValueError(
+                "parallel.sync_batchnorm: only the shard_map backend has per-device BatchNorm to synchronise "
+                "(xla always uses global-batch statistics, mpi always local ones); "
+                f"got backend={self.backend!r}"
+            )
+        if not 0.0 <= self.gns_ema < 1.0:
+            raise ValueError(f"parallel.gns_ema: must be in [0, 1); got {self.gns_ema}")
+        if self.launcher == "explicit" and None in (
+            self.coordinator_address,
+            self.num_processes,
+            self.process_id,
+        ):
+            raise ValueError(
+                "parallel.launcher=explicit needs parallel.coordinator_address (host:port), "
+                "parallel.num_processes and parallel.process_id"
+            )
+        return self

@@ -1,0 +1,168 @@
+"""One object that carries a run's data-parallel set-up: processes, mesh, reducer, compiled step.
+
+``setup(cfg)`` is the first call of a trainer (before any JAX computation); everything backend-specific
+after that goes through :class:`Parallel`, so the trainer reads the same for all three backends::
+
+    par = setup(cfg.parallel)
+    state = par.place_state(state)
+    step = par.compile(make_step(..., reducer=par.reducer))
+    pipe = Pipeline(source, global_batch, ..., **par.pipeline_args())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from hepgan.parallel.config import ParallelConfig
+from hepgan.parallel.distributed import Launch, initialize
+from hepgan.parallel.mesh import AXIS, batch_sharding, make_mesh, replicate, replicated
+from hepgan.parallel.reduce import Reducer, mpi_mean
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """A run's data-parallel set-up.
+
+    ``mesh``: the devices this program spans (for ``mpi``: this process's one device); ``reducer``: what
+    the per-device step calls to agree with the other workers; ``workers``: data-parallel workers in the
+    whole run (devices of the mesh, or MPI processes).
+    """
+
+    cfg: ParallelConfig
+    launch: Launch
+    mesh: Mesh
+    reducer: Reducer
+    workers: int
+
+    @property
+    def backend(self) -> str:
+        """ "xla", "shard_map" or "mpi"."""
+        return self.cfg.backend
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes logs, reports and (for mpi) checkpoints."""
+        return self.launch.is_main
+
+    @property
+    def process_index(self) -> int:
+        """This process's rank among the run's processes."""
+        return self.launch.process_id
+
+    @property
+    def process_count(self) -> int:
+        """Number of processes of the run."""
+        return self.launch.num_processes
+
+    def per_device_batch(self, global_batch: int) -> int:
+        """Examples per worker for ``global_batch``; ``ValueError`` unless it divides evenly."""
+        if global_batch % self.workers:
+            raise ValueError(
+                f"train.batch_size={global_batch} is not divisible by the {self.workers} data-parallel "
+                f"workers ({self.backend}); use a multiple of {self.workers}"
+            )
+        return global_batch // self.workers
+
+    def describe(self, global_batch: int | None = None) -> dict[str, Any]:
+        """JSON-able description for logs and the run manifest."""
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "launcher": self.launch.launcher,
+            "process_count": self.process_count,
+            "workers": self.workers,
+            "devices": [str(d) for d in self.mesh.devices.flat][:64],
+            "device_kind": jax.devices()[0].device_kind,
+            "sync_batchnorm": self.cfg.sync_batchnorm,
+        }
+        if self.backend == "mpi":
+            out["mpi_reduce"] = self.cfg.mpi_reduce
+        if global_batch is not None:
+            out["global_batch"] = global_batch
+            out["per_device_batch"] = self.per_device_batch(global_batch)
+        return out
+
+    def pipeline_args(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`hepgan.data.pipeline.Pipeline`: its mesh and process share."""
+        if self.backend == "mpi":
+            return {"mesh": None, "process_index": self.process_index, "process_count": self.process_count}
+        return {"mesh": self.mesh}
+
+    def place_state(self, state: Any) -> Any:
+        """Put a training state (identical on all processes) where the compiled step expects it."""
+        if self.backend == "mpi":
+            return jax.device_put(state, self.mesh.devices.flat[0])
+        return replicate(state, self.mesh)
+
+    def compile(self, step: Callable[..., Any], *, donate: bool = True) -> Callable[..., Any]:
+        """Jit ``step(state, batch) -> (state, metrics)`` for this backend (the state donated).
+
+        xla: over the mesh, batch ``P("data")``, state and metrics replicated. shard_map: the step runs per
+        device on its share of the batch and must return worker-invariant state and metrics (reduce them
+        with ``reducer.mean``). mpi: a plain single-device jit; the reductions are mpi4jax calls inside.
+        """
+        donate_argnums = (0,) if donate else ()
+        if self.backend == "xla":
+            rep = replicated(self.mesh)
+            return jax.jit(
+                step,
+                in_shardings=(rep, batch_sharding(self.mesh)),
+                out_shardings=(rep, rep),
+                donate_argnums=donate_argnums,
+            )
+        if self.backend == "shard_map":
+            per_device = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+            return jax.jit(per_device, donate_argnums=donate_argnums)
+        return jax.jit(step, donate_argnums=donate_argnums)
+
+    def barrier(self) -> None:
+        """Wait for all processes (a no-op in a single process)."""
+        if self.process_count == 1:
+            return
+        if self.backend == "mpi":
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Barrier()
+        else:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("hepgan.parallel.barrier")
+
+    def host_mean(self, tree: Any) -> Any:
+        """Mean over workers of host values (e.g. the mpi backend's per-process metrics), outside jit."""
+        if self.backend != "mpi" or self.process_count == 1:
+            return tree
+        return jax.jit(lambda t: mpi_mean(t, flat=True))(tree)
+
+
+def setup(cfg: ParallelConfig) -> Parallel:
+    """Start the processes' rendezvous if needed and build the mesh and reducer for ``cfg``.
+
+    Call once, before any other JAX computation. Raises ``ValueError`` for an inconsistent config.
+    """
+    cfg.validate()
+    launch = initialize(cfg)
+    if cfg.backend == "mpi":
+        if cfg.devices not in (None, 1):
+            raise ValueError(
+                f"parallel.devices={cfg.devices}: the mpi backend drives one device per process; "
+                "start one process per device instead (mpirun -n / srun --ntasks-per-node)"
+            )
+        # Independent processes: each takes the visible device of its node-local rank (all ranks see
+        # device 0 when the launcher already gives each one GPU) and makes it the default, so the data
+        # pipeline's uncommitted arrays land where the step runs.
+        local = jax.local_devices()
+        device = local[(launch.local_id or 0) % len(local)]
+        jax.config.update("jax_default_device", device)
+        mesh = Mesh([device], (AXIS,))
+        reducer = Reducer("mpi", workers=launch.num_processes, flat=cfg.mpi_reduce == "flat")
+        return Parallel(cfg, launch, mesh, reducer, launch.num_processes)
+    mesh = make_mesh(cfg.devices)
+    n = int(mesh.size)
+    reducer = Reducer(cfg.backend, workers=n if cfg.backend == "shard_map" else 1)
+    return Parallel(cfg, launch, mesh, reducer, n)
