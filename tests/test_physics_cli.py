@@ -55,10 +55,13 @@ def test_too_few_events_names_the_metric(
     assert "'fpd' needs at least 500 events" in capsys.readouterr().err
 
 
-def test_missing_file_and_checkpoint_placeholder(
+def test_missing_file_and_checkpoint_usage_errors(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main([str(tmp_path / "nope.h5"), str(files["ref"]), "--out", str(tmp_path)]) == 1
     assert "nope.h5" in capsys.readouterr().err
+    # --checkpoint takes the run directory instead of two shower sets
     assert main(["--checkpoint", "ckpt", str(files["ref"])]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert "give neither" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "no_run"), "--out", str(tmp_path / "ev")]) == 1
+    assert "no_run" in capsys.readouterr().err

@@ -19,6 +19,8 @@ BENCHMARKS: dict[str, str] = {
     "evaluate": "hepgan.bench.evaluate",
     "conv": "hepgan.bench.conv",
     "train": "hepgan.bench.train",
+    "startup": "hepgan.bench.startup",
+    "scaling": "hepgan.bench.scaling",
 }
 
 

@@ -47,17 +47,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="hepgan-evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("generated", nargs="?", help="generated showers: file, directory or glob")
-    p.add_argument("reference", help="reference showers: file, directory or glob")
+    p.add_argument("reference", nargs="?", help="reference showers: file, directory or glob")
     p.add_argument(
         "--checkpoint",
-        help="evaluate a generator checkpoint instead of GENERATED files (not yet available: generate "
-        "showers with hepgan-generate and pass the files)",
+        metavar="RUN_DIR",
+        help="evaluate a run's generator (best checkpoint) on --max-events fresh held-out showers instead "
+        "of files; then give no GENERATED/REFERENCE",
     )
     p.add_argument("--out", default="runs/evaluate", help="output folder (default %(default)s)")
     p.add_argument(
-        "--metrics", nargs="+", default=["all"],
+        "--metrics", nargs="+", default=None,
         help="metric names or groups: fast, all, sf, separation, gan3d, distances, fpd, kpd, classifier, "
-        "classifier_hlf, classifier_cells (default all)",
+        "classifier_hlf, classifier_cells (default all; with --checkpoint the run's train.val_metrics)",
     )  # fmt: skip
     p.add_argument("--max-events", type=int, default=None, help="use at most N events of each set")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling and classifier (default 0)")
@@ -73,19 +74,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    """``--checkpoint RUN_DIR``: regenerate at a fresh held-out reference's conditions, score, write."""
+    from hepgan.physics.report import write_metrics
+    from hepgan.train.api import evaluate_checkpoint
+
+    if args.generated is not None:
+        print("hepgan-evaluate: --checkpoint replaces GENERATED and REFERENCE; give neither", file=sys.stderr)
+        return 2
+    try:
+        metrics = evaluate_checkpoint(
+            args.checkpoint, n_events=args.max_events or 5000, seed=args.seed, metrics=args.metrics
+        )
+        path = write_metrics(Path(args.out), metrics)
+    except (ValueError, OSError) as exc:  # FileNotFoundError is an OSError
+        print(f"hepgan-evaluate: {exc}", file=sys.stderr)
+        return 1
+    print(f"checkpoint of {args.checkpoint} (step {int(metrics['step'])}), {int(metrics['n_events'])} events")
+    for k in HEADLINE:
+        if k in metrics:
+            print(f"  {k:<14} {metrics[k]:.4g}")
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.checkpoint is not None:
-        # Evaluating a checkpoint directly needs the generator and its training config; this is where
-        # that will plug in once the training package provides a loader.
-        print(
-            "hepgan-evaluate: --checkpoint is not yet available; generate showers from the checkpoint with "
-            "hepgan-generate and pass the generated files as GENERATED",
-            file=sys.stderr,
-        )
-        return 2
-    if args.generated is None:
+        return _evaluate_checkpoint(args)
+    if args.generated is None or args.reference is None:
         print("hepgan-evaluate: GENERATED and REFERENCE are both required", file=sys.stderr)
         return 2
     if args.max_events is not None and args.max_events < 1:
@@ -97,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from hepgan.physics.report import write_metrics, write_report
 
     try:
-        names = resolve_metrics(args.metrics)
+        names = resolve_metrics(args.metrics or ["all"])
         t0 = time.perf_counter()
         gen = _read([args.generated], args.max_events, "generated")
         ref = _read([args.reference], args.max_events, "reference")

@@ -103,6 +103,10 @@ def _hydra_context(settings: RunSettings) -> Iterator[None]:
 
     # compose() needs a global Hydra; a stale one (from a previous compose in this process) is ours to drop
     GlobalHydra.instance().clear()
+    if settings.config_module == "hepgan.conf":
+        from hepgan.train.config import register
+
+        register()  # hepgan's config.yaml starts from the structured schema 'hepgan_schema'
     ctx: Any
     if settings.config_dir is not None:
         ctx = initialize_config_dir(str(Path(settings.config_dir).resolve()), version_base="1.3")
@@ -186,6 +190,32 @@ def call_training(train_fn: TrainFn, cfg: Any, report: Reporter | None) -> Mappi
     return train_fn(cfg, report=report) if takes else train_fn(cfg)
 
 
+def training_metrics(out: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat metrics of a training's return value.
+
+    A flat mapping (``{"physics_score": ..., ...}``) is kept as is. ``hepgan.train.fit``'s result
+    (``{"objective", "metrics": {...}, "step", "paths": {...}, "history", ...}``) becomes its final
+    metrics plus ``step``, ``epoch``, ``best_step`` and ``checkpoint`` (the run's best checkpoint folder);
+    the history stays in the run directory (``val.csv``), not in ``result.json``.
+    """
+    inner = out.get("metrics")
+    if not isinstance(inner, Mapping):
+        return dict(out)
+    flat = dict(inner)
+    for k in ("step", "epoch"):
+        if k in out:
+            flat[k] = out[k]
+    best = out.get("best")
+    if isinstance(best, Mapping) and "step" in best:
+        flat["best_step"] = best["step"]
+    paths = out.get("paths")
+    if isinstance(paths, Mapping) and paths.get("best") and Path(paths["best"]).exists():
+        flat["checkpoint"] = paths["best"]
+    elif isinstance(paths, Mapping) and paths.get("checkpoints"):
+        flat["checkpoint"] = paths["checkpoints"]
+    return flat
+
+
 def _is_prune(exc: BaseException) -> bool:
     try:
         import optuna
@@ -236,7 +266,7 @@ def run_trial(
     t0 = time.perf_counter()
     error = None
     try:
-        metrics = dict(call_training(settings.training(), cfg, report) or {})
+        metrics = training_metrics(call_training(settings.training(), cfg, report) or {})
         status = "ok"
     except Exception as exc:
         metrics = {}

@@ -1,14 +1,16 @@
 """hepgan.train: the GAN state, losses, the jitted update, the trainer ``fit`` and its checkpoints.
 
 ``fit(cfg) -> dict`` trains from a composed config (``hepgan.train.config.compose([...])``) and returns
-the final metrics; ``hepgan-train`` is its command-line entry point.
+the final metrics; ``hepgan-train`` is its command-line entry point. ``compile_step(cfg)`` compiles a
+config's step without training it; ``evaluate_checkpoint(run_dir)`` scores a run's generator on fresh
+held-out showers (:mod:`hepgan.train.api`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NonFiniteError", "compose", "fit"]
+__all__ = ["NonFiniteError", "compile_step", "compose", "evaluate_checkpoint", "fit"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from hepgan.train import loop
 
         return getattr(loop, name)
+    if name in ("compile_step", "evaluate_checkpoint"):
+        from hepgan.train import api
+
+        return getattr(api, name)
     if name == "compose":
         from hepgan.train.config import compose
 
