@@ -14,6 +14,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from sweep_helpers import write_conf
 
 from hepgan.cli.sweep import main
 from hepgan.sweep.plan import read_plan
@@ -41,18 +42,6 @@ params:
 sampler: {name: random, seed: 3}
 pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 2}
 """
-
-
-def write_conf(root: Path) -> Path:
-    conf = root / "conf"
-    (conf / "model").mkdir(parents=True)
-    (conf / "config.yaml").write_text(
-        "defaults:\n  - model: small\n  - _self_\nout: null\n"
-        "optim:\n  lr_g: 0.001\ntrain:\n  batch_size: 64\n"
-    )
-    (conf / "model" / "small.yaml").write_text("size: small\n")
-    (conf / "model" / "paper.yaml").write_text("size: paper\n")
-    return conf
 
 
 @pytest.fixture

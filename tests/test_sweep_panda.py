@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from sweep_helpers import write_conf
 
 from hepgan.cli.sweep import main
 from hepgan.sweep.panda import panda_eval, panda_steer
@@ -25,15 +26,7 @@ sampler: {name: tpe, seed: 1, n_startup_trials: 2}
 
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
-    c = tmp_path / "conf"
-    (c / "model").mkdir(parents=True)
-    (c / "config.yaml").write_text(
-        "defaults:\n  - model: small\n  - _self_\nout: null\n"
-        "optim:\n  lr_g: 0.001\ntrain:\n  batch_size: 64\n"
-    )
-    (c / "model" / "small.yaml").write_text("size: small\n")
-    (c / "model" / "paper.yaml").write_text("size: paper\n")
-    return c
+    return write_conf(tmp_path)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from sweep_helpers import write_conf
 
 from hepgan.cli.sweep import main
 from hepgan.sweep.plan import (
@@ -25,19 +26,6 @@ from hepgan.sweep.plan import (
 from hepgan.sweep.runner import RunSettings, run_plan_entries, run_trial
 
 DRYRUN = "hepgan.sweep.dryrun:fit"
-
-
-def write_conf(root: Path) -> Path:
-    """A small Hydra config tree with a config group, like hepgan.conf's shape."""
-    conf = root / "conf"
-    (conf / "model").mkdir(parents=True)
-    (conf / "config.yaml").write_text(
-        "defaults:\n  - model: small\n  - _self_\nout: null\n"
-        "optim:\n  lr_g: 0.001\ntrain:\n  batch_size: 64\n"
-    )
-    (conf / "model" / "small.yaml").write_text("size: small\n")
-    (conf / "model" / "paper.yaml").write_text("size: paper\n")
-    return conf
 
 
 def test_plan_order_equals_hydra_multirun(tmp_path: Path) -> None:

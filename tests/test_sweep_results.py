@@ -9,24 +9,13 @@ from pathlib import Path
 import jax
 import matplotlib.image
 import pytest
+from sweep_helpers import write_conf
 
 from hepgan.cli.sweep import main
 from hepgan.sweep.cache import configure_compile_cache, warm_plan
 from hepgan.sweep.plan import PlanEntry, write_plan
 from hepgan.sweep.results import select_best, trial_rows
 from hepgan.sweep.runner import RunSettings, run_trial
-
-
-def write_conf(root: Path) -> Path:
-    conf = root / "conf"
-    (conf / "model").mkdir(parents=True)
-    (conf / "config.yaml").write_text(
-        "defaults:\n  - model: small\n  - _self_\nout: null\n"
-        "optim:\n  lr_g: 0.001\ntrain:\n  batch_size: 64\n"
-    )
-    (conf / "model" / "small.yaml").write_text("size: small\n")
-    (conf / "model" / "paper.yaml").write_text("size: paper\n")
-    return conf
 
 
 def fake_train(cfg):
