@@ -173,7 +173,7 @@ def restore_run(run_dir: str | Path, *, best: bool = False) -> tuple[Any, GANSta
     from hepgan.data.pipeline import Preprocess
     from hepgan.models import build
     from hepgan.train.config import to_config
-    from hepgan.train.schedules import make_optimizer
+    from hepgan.train.scaling import build_optimizers
     from hepgan.train.state import init_state
 
     run_dir = Path(run_dir)
@@ -191,9 +191,10 @@ def restore_run(run_dir: str | Path, *, best: bool = False) -> tuple[Any, GANSta
     if model_cfg.cell_power is None:
         model_cfg = dataclasses.replace(model_cfg, cell_power=preprocess.cell_power)
     g, d = build(model_cfg, nnx.Rngs(conf.train.seed))
-    # the optimizer states are restored too, so their structure must match the run's
-    tx = make_optimizer(conf.optim, 1.0, 1)
-    template, players = init_state(g, d, tx, tx, conf.train.seed)
+    # The optimizer states are restored too, so their structure must match the run's: build them the way
+    # fit() does (optimizer choice and scaling rules included); schedule lengths do not change the tree.
+    opt = build_optimizers(conf.optim, conf.scaling, conf.train.batch_size, {"g": 1, "d": 1}, unit_lr=True)
+    template, players = init_state(g, d, opt.g_tx, opt.d_tx, conf.train.seed)
     ckpt = Checkpointer(run_dir, keep_last=max(conf.train.keep_last, 1), keep_best=True)
     try:
         restored = ckpt.restore(template, best=best)
