@@ -158,8 +158,8 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     global_batch = local * workers
     mcfg = ModelConfig(arch="fixed25", size=a.size, conv_impl=a.conv_impl)
     g, d = build(mcfg, nnx.Rngs(0))
-    g_graph, g_params, g_bs, g_rest = nnx.split(g, nnx.Param, nnx.BatchStat, ...)
-    d_graph, d_params, d_bs, d_rest = nnx.split(d, nnx.Param, nnx.BatchStat, ...)
+    g_graph, g_params, g_bs, g_rest = nnx.split(g, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
+    d_graph, d_params, d_bs, d_rest = nnx.split(d, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
     tx = optax.rmsprop(1e-3, decay=0.9, eps=1e-7, eps_in_sqrt=False)
     latent_dim = int(mcfg.resolve().latent_dim)
     state = {
@@ -373,7 +373,7 @@ def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
     counts = [n for n in (2, 4, 8) if n <= (os.cpu_count() or 1)] or [2]
     if quick:
         counts = counts[:1]
-    kw = {"size": size, "conv_impl": "auto", "steps": steps, "warmup": warmup}
+    kw: dict[str, Any] = {"size": size, "conv_impl": "auto", "steps": steps, "warmup": warmup}
     load_before = os.getloadavg()
     base = _launch("xla", 1, per_dev, **kw)
     runs: list[dict[str, Any]] = []

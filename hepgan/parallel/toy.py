@@ -54,7 +54,7 @@ def init_toy(
     step, rng) and the optimizer (momentum SGD: unlike RMSprop its update is proportional to the gradient,
     so a sum where a mean belongs shows)."""
     model = ToyNet(d_in, d_hidden, rngs=nnx.Rngs(seed), bn_axis_name=bn_axis_name)
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)  # type: ignore[misc]
     tx = optax.sgd(lr, momentum=0.9)
     state = {
         "params": params,

@@ -41,14 +41,14 @@ class _CompileCounter:
     def __enter__(self) -> _CompileCounter:
         import jax.monitoring as jm
 
-        jm.register_event_duration_secs_listener(self._duration)
+        jm.register_event_duration_secs_listener(self._duration)  # type: ignore[arg-type]
         jm.register_event_listener(self._event)
         return self
 
     def __exit__(self, *exc: object) -> None:
         import jax.monitoring as jm
 
-        jm.unregister_event_duration_listener(self._duration)
+        jm.unregister_event_duration_listener(self._duration)  # type: ignore[arg-type]
         jm.unregister_event_listener(self._event)
 
 
