@@ -14,9 +14,10 @@ alone) and the compute time (step minus reduction); the driver adds throughput a
 weak scaling (fixed per-device batch) ``T_1 / T_N``, strong scaling (fixed global batch)
 ``T_1 / (N T_N)``.
 
-The step is a one-D-update, one-G-update GAN step of the chosen 3DGAN model (simultaneous schedule: two
-gradient all-reduces per step, one per player, plus BatchNorm statistics), written here on the models
-directly so that the benchmark measures data parallelism, not a particular training schedule.
+The step is the trainer's own update (:func:`hepgan.train.step.make_step`) of the fixed-angle 3DGAN with
+the ``optim`` defaults, fed by the trainer's input pipeline. With the paper schedule a step makes two
+discriminator and two generator optimizer updates: four gradient all-reduces (2 x D + 2 x G parameters),
+plus the BatchNorm statistics, metrics and gradient-noise-scale norms (a few hundred bytes).
 
 ``python -m hepgan.bench.scaling --out experiments/scaling [--quick] [--profile DIR]`` writes
 ``scaling.json`` and ``scaling.png``; ``hepgan-bench scaling`` writes the JSON only.
@@ -44,98 +45,24 @@ ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 # ----------------------------------------------------------------------------------------------------
 
 
-def _bench_step(players: Any, tx: Any, reducer: Any, local_batch: int, latent_dim: int) -> Any:
-    """``step(state, batch) -> (state, metrics)``: one discriminator and one generator RMSprop update
-    with the 3DGAN loss terms (BCE + 0.1 MAPE energy), gradients and BatchNorm statistics reduced."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from hepgan.train.state import fresh_rngs
-
-    (g_graph, g_rest), (d_graph, d_rest) = players
-
-    def bce(logit: jax.Array, label: float) -> jax.Array:
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logit, jnp.full(logit.shape, label, jnp.float32)))
-
-    def mape(pred: jax.Array, target: jax.Array) -> jax.Array:
-        return jnp.mean(jnp.abs(pred - target) / jnp.maximum(jnp.abs(target), 1e-7))
-
-    def run_g(gp, gbs, z):
-        g = nnx.merge(
-            g_graph,
-            jax.tree.map(lambda a: a, gp),
-            jax.tree.map(lambda a: a, gbs),
-            fresh_rngs(g_rest, jax.random.key(0)),
-        )
-        g.train()
-        return g(z), nnx.state(g, nnx.BatchStat)
-
-    def run_d(dp, dbs, x, key):
-        d = nnx.merge(
-            d_graph, jax.tree.map(lambda a: a, dp), jax.tree.map(lambda a: a, dbs), fresh_rngs(d_rest, key)
-        )
-        d.train()
-        return d(x), nnx.state(d, nnx.BatchStat)
-
-    def step(state: dict[str, Any], batch: dict[str, jax.Array]) -> tuple[dict[str, Any], dict[str, Any]]:
-        key = reducer.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"]))
-        kz, kd1, kd2, kz2 = jax.random.split(key, 4)
-        e = batch["energy"]
-        b = e.shape[0]  # the worker's share (shard_map, mpi) or the global batch (xla)
-        z = jax.random.normal(kz, (b, latent_dim)) * e[:, None]
-        fake, _ = run_g(state["g"], state["g_bs"], z)
-        fake = jax.lax.stop_gradient(fake)
-
-        def d_loss(dp, dbs):
-            out_r, dbs = run_d(dp, dbs, batch["ecal"], kd1)
-            out_f, dbs = run_d(dp, dbs, fake, kd2)
-            loss = (
-                2 * bce(out_r["logit"], 1.0) + 2 * bce(out_f["logit"], 0.0) + 0.1 * mape(out_r["energy"], e)
-            )
-            return loss, dbs
-
-        (dl, d_bs), dg = jax.value_and_grad(d_loss, has_aux=True)(reducer.local(state["d"]), state["d_bs"])
-        dg, d_gns = reducer.grads(dg, local_batch)
-        du, d_opt = tx.update(dg, state["d_opt"], state["d"])
-        d_new = optax.apply_updates(state["d"], du)
-
-        z2 = jax.random.normal(kz2, (b, latent_dim)) * e[:, None]
-
-        def g_loss(gp, gbs):
-            x, gbs = run_g(gp, gbs, z2)
-            out, _ = run_d(d_new, d_bs, x, kd1)
-            return 2 * bce(out["logit"], 1.0) + 0.1 * mape(out["energy"], e), gbs
-
-        (gl, g_bs), gg = jax.value_and_grad(g_loss, has_aux=True)(reducer.local(state["g"]), state["g_bs"])
-        gg, g_gns = reducer.grads(gg, local_batch)
-        gu, g_opt = tx.update(gg, state["g_opt"], state["g"])
-        new = {
-            "g": optax.apply_updates(state["g"], gu),
-            "d": d_new,
-            "g_bs": reducer.mean(g_bs),
-            "d_bs": reducer.mean(d_bs),
-            "g_opt": g_opt,
-            "d_opt": d_opt,
-            "step": state["step"] + 1,
-            "rng": state["rng"],
-        }
-        metrics = reducer.mean({"d_loss": dl, "g_loss": gl})
-        metrics.update({f"d_{k}": v for k, v in d_gns.items()})
-        metrics.update({f"g_{k}": v for k, v in g_gns.items()})
-        return new, metrics
-
-    return step
+def _updates_per_step(schedule: str, n_critic: int = 5, g_steps: int = 2) -> dict[str, int]:
+    """Optimizer updates (= gradient all-reduces) per training step of each player."""
+    return {
+        "d": {"paper": 2, "n_critic": n_critic, "simultaneous": 1}[schedule],
+        "g": 1 if schedule == "simultaneous" else g_steps,
+    }
 
 
 def worker(a: argparse.Namespace) -> dict[str, Any]:
     """Time one configuration in this process (all ranks of an mpirun call it); rank 0's dict is the
-    result (others return theirs too, unused)."""
+    result (others return theirs too, unused).
+
+    The step is the trainer's own update (:func:`hepgan.train.step.make_step`, the ``optim`` defaults:
+    Keras RMSprop), fed by the trainer's input pipeline, so the benchmark measures what ``hepgan-train``
+    runs."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from flax import nnx
 
     from hepgan.data.pipeline import Pipeline, Preprocess
@@ -144,6 +71,10 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     from hepgan.models import ModelConfig, build
     from hepgan.parallel import ParallelConfig, mpi_mean, setup
     from hepgan.parallel.mesh import AXIS
+    from hepgan.train.config import OptimConfig
+    from hepgan.train.scaling import ScalingConfig, build_optimizers
+    from hepgan.train.state import init_state
+    from hepgan.train.step import StepConfig, make_step
 
     par = setup(
         ParallelConfig(
@@ -156,28 +87,21 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     workers = par.workers
     local = a.per_device_batch
     global_batch = local * workers
-    mcfg = ModelConfig(arch="fixed25", size=a.size, conv_impl=a.conv_impl)
+    preprocess = Preprocess.for_model("fixed25")
+    mcfg = ModelConfig(arch="fixed25", size=a.size, conv_impl=a.conv_impl, cell_power=preprocess.cell_power)
     g, d = build(mcfg, nnx.Rngs(0))
-    g_graph, g_params, g_bs, g_rest = nnx.split(g, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
-    d_graph, d_params, d_bs, d_rest = nnx.split(d, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
-    tx = optax.rmsprop(1e-3, decay=0.9, eps=1e-7, eps_in_sqrt=False)
-    latent_dim = int(mcfg.resolve().latent_dim)
-    state = {
-        "g": g_params,
-        "d": d_params,
-        "g_bs": g_bs,
-        "d_bs": d_bs,
-        "g_opt": tx.init(g_params),
-        "d_opt": tx.init(d_params),
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.key_data(jax.random.key(1)),
-    }
+    per_step = _updates_per_step(a.schedule)
+    opt = build_optimizers(
+        OptimConfig(), ScalingConfig(), global_batch, {"g": 10**6, "d": 10**6}, unit_lr=True
+    )
+    state, players = init_state(g, d, opt.g_tx, opt.d_tx, 1, lr_g=opt.peak_lr["g"], lr_d=opt.peak_lr["d"])
+    g_params, d_params = state.g_params, state.d_params
     n_params = {
         "g": int(sum(x.size for x in jax.tree.leaves(g_params))),
         "d": int(sum(x.size for x in jax.tree.leaves(d_params))),
     }
-    step_fn = _bench_step(((g_graph, g_rest), (d_graph, d_rest)), tx, par.reducer, local, latent_dim)
-    step = par.compile(step_fn)
+    step_cfg = StepConfig(arch="fixed25", schedule=a.schedule, cell_power=preprocess.cell_power)
+    step = par.compile(make_step(players, step_cfg, par.reducer))
     state = par.place_state(state)
 
     # Input: random showers in memory, read through the real pipeline (preprocess, shard, prefetch).
@@ -187,14 +111,7 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         ecal=rng.gamma(0.3, 0.02, size=(n_ev, 25, 25, 25)).astype(np.float32),
         energy=rng.uniform(10, 500, size=n_ev).astype(np.float32),
     )
-    pipe = Pipeline(
-        ArraySource(showers),
-        global_batch,
-        Preprocess.for_model("fixed25"),
-        seed=0,
-        prefetch=2,
-        **par.pipeline_args(),
-    )
+    pipe = Pipeline(ArraySource(showers), global_batch, preprocess, seed=0, prefetch=2, **par.pipeline_args())
 
     def one_step(i: int) -> tuple[float, float]:
         nonlocal state
@@ -224,13 +141,16 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         totals.append(t)
     pipe.close()
 
-    # Reduction alone: the step's all-reduces (one per player) on buffers of the gradients' shapes.
+    # Reduction alone: the step's gradient all-reduces (one per player and optimizer update) on buffers
+    # of the gradients' shapes, in one jitted program as in the step.
     grads = {"g": jax.tree.map(jnp.zeros_like, g_params), "d": jax.tree.map(jnp.zeros_like, d_params)}
+
+    def all_grads(t: Any, mean: Any) -> Any:
+        return [mean(t[p]) for p in ("d", "g") for _ in range(per_step[p])]
+
     red_time = 0.0
     if workers > 1 and a.backend == "mpi":
-        red = jax.jit(
-            lambda t: (mpi_mean(t["g"], flat=par.reducer.flat), mpi_mean(t["d"], flat=par.reducer.flat))
-        )
+        red = jax.jit(lambda t: all_grads(t, lambda x: mpi_mean(x, flat=par.reducer.flat)))
         red_time = _median_time(lambda: jax.block_until_ready(red(grads)), a.steps * 3, par.barrier)
     elif workers > 1:
         from jax.sharding import PartitionSpec as P
@@ -239,14 +159,18 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
             jax.tree.map(lambda x: jnp.broadcast_to(x, (workers, *x.shape)), grads),
             jax.sharding.NamedSharding(par.mesh, P(AXIS)),
         )
-
-        def pmean_both(t: Any) -> Any:
-            return (jax.lax.pmean(t["g"], AXIS), jax.lax.pmean(t["d"], AXIS))
-
-        red = jax.jit(jax.shard_map(pmean_both, mesh=par.mesh, in_specs=P(AXIS), out_specs=P(AXIS)))
+        red = jax.jit(
+            jax.shard_map(
+                lambda t: all_grads(t, lambda x: jax.lax.pmean(x, AXIS)),
+                mesh=par.mesh,
+                in_specs=P(AXIS),
+                out_specs=P(AXIS),
+            )
+        )
         red_time = _median_time(lambda: jax.block_until_ready(red(stacked)), a.steps * 3, None)
     step_time = statistics.median(totals)
     wait = statistics.median(waits)
+    reduced = per_step["g"] * n_params["g"] + per_step["d"] * n_params["d"]
     return {
         "backend": a.backend,
         "workers": workers,
@@ -254,10 +178,12 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         "global_batch": global_batch,
         "size": a.size,
         "conv_impl": a.conv_impl,
+        "schedule": a.schedule,
         "mpi_reduce": ("flat" if par.reducer.flat else "tree") if a.backend == "mpi" else None,
         "params": n_params,
-        "bytes_reduced_per_step": 4 * (n_params["g"] + n_params["d"]) if workers > 1 else 0,
-        "allreduce_calls_per_step": _calls(a.backend, par.reducer.flat, g_params, d_params)
+        "gradient_allreduces_per_step": per_step,
+        "bytes_reduced_per_step": 4 * reduced if workers > 1 else 0,
+        "allreduce_calls_per_step": _calls(a.backend, par.reducer.flat, g_params, d_params, per_step)
         if workers > 1
         else 0,
         "step_s": step_time,
@@ -271,12 +197,13 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _calls(backend: str, flat: bool, g_params: Any, d_params: Any) -> int:
+def _calls(backend: str, flat: bool, g_params: Any, d_params: Any, per_step: dict[str, int]) -> int:
+    """Gradient all-reduce calls per step (shard_map: XLA may combine them; counted before that)."""
     import jax
 
     if backend == "mpi" and flat:
-        return 2
-    return len(jax.tree.leaves(g_params)) + len(jax.tree.leaves(d_params))
+        return per_step["g"] + per_step["d"]
+    return per_step["g"] * len(jax.tree.leaves(g_params)) + per_step["d"] * len(jax.tree.leaves(d_params))
 
 
 def _median_time(fn: Any, n: int, sync: Any) -> float:
@@ -395,7 +322,13 @@ def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
     if profile:
         _launch("shard_map", counts[0], per_dev, profile=profile, **{**kw, "steps": 1})
     return {
-        "model": {"arch": "fixed25", "size": size, "conv_impl": "auto"},
+        "model": {
+            "arch": "fixed25",
+            "size": size,
+            "conv_impl": "auto",
+            "schedule": "paper",
+            "step": "hepgan.train.step.make_step",
+        },
         "threads_per_worker": 1,
         "baseline": base,
         "runs": runs,
@@ -465,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--steps", type=int, default=8)
     w.add_argument("--warmup", type=int, default=2)
     w.add_argument("--mpi-reduce", choices=["flat", "tree"], default="flat")
+    w.add_argument("--schedule", choices=["paper", "n_critic", "simultaneous"], default="paper")
     w.add_argument("--profile", default=None)
     w.add_argument("--json", required=True)
     p.add_argument("--quick", action="store_true")

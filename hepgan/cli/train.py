@@ -52,9 +52,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         _write_result(run_dir, {"status": "error", "objective": None, "error": str(exc)})
         print(f"hepgan-train: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    from hepgan.parallel.distributed import detect_launch
-
-    if not detect_launch().is_main:  # under srun/mpirun every rank trains; one writes the result
+    if not result["is_main"]:  # under srun/mpirun every rank trains; one writes the result
         return float(result["objective"])
     summary = {
         k: result[k]

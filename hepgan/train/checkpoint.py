@@ -92,7 +92,9 @@ class Checkpointer:
 
     def save(self, step: int, state: GANState, extra: dict[str, Any]) -> None:
         """Save ``state`` at ``step`` with ``extra`` (JSON-able); the fingerprint is added to ``extra``."""
-        self.latest.wait_until_finished()  # one save in flight at a time keeps memory bounded
+        # One save in flight at a time: keeps memory bounded, and under jax.distributed the two managers
+        # would otherwise run Orbax's step-named barriers for the same step at once and collide.
+        self.wait()
         extra = {**extra, "fingerprint": fingerprint(state)}
         self.latest.save(step, args=self._args(state, extra), force=True)
 
@@ -100,7 +102,7 @@ class Checkpointer:
         """Offer ``state`` as the best checkpoint; kept if its ``physics_score`` is the lowest so far."""
         if self.best is None or not np.isfinite(metrics.get(SCORE, np.nan)):
             return
-        self.best.wait_until_finished()
+        self.wait()  # see save()
         extra = {**extra, "fingerprint": fingerprint(state), "metrics": metrics}
         self.best.save(
             step, args=self._args(state, extra), metrics={SCORE: float(metrics[SCORE])}, force=True

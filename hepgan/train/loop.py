@@ -91,8 +91,9 @@ def fit(
     ``on_validation(step, metrics)``: called after each validation (a sweep's pruning hook may raise).
     ``report(step, metrics)``: called on the main process after each validation once that step's
     checkpoints are saved; what it raises (``optuna.TrialPruned``) ends the run and propagates.
-    Returns ``{"status", "objective" (final physics_score), "metrics" (final validation + last training
-    metrics), "best", "step", "epoch", "history" (validation rows), "timing", "paths"}``.
+    Returns ``{"status", "is_main" (this process writes the run's logs and results), "objective" (final
+    physics_score), "metrics" (final validation + last training metrics), "best", "step", "epoch",
+    "history" (validation rows), "timing", "paths"}``.
     Raises :class:`NonFiniteError` when training diverges (the last good checkpoint is kept), and
     ``ValueError`` for invalid settings.
     """
@@ -427,6 +428,7 @@ def fit(
     train_rate = timing["steps"] * tc.batch_size / max(timing["train_seconds"], 1e-9)
     result = {
         "status": status,
+        "is_main": par.is_main,
         "objective": final["physics_score"],
         "metrics": {**final, **{f"train/{k}": v for k, v in last_metrics.items()}},
         "best": None if best is None else {"step": best["step"], "physics_score": best["physics_score"]},
