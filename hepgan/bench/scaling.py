@@ -236,7 +236,12 @@ def _launch(
     profile: str | None = None,
     timeout: float = 1200,
 ) -> dict[str, Any]:
-    """Run one configuration in fresh processes pinned to cores ``0..n-1``; returns rank 0's result."""
+    """Run one configuration in fresh processes pinned to cores ``0..n-1``; returns rank 0's result.
+
+    ``backend="independent"``: ``n`` single-device workers started together, each on its own core, that
+    never communicate; returns the first one's result with ``step_s`` the mean of all ``n`` medians.
+    """
+    independent = backend == "independent"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         args = [
@@ -244,9 +249,9 @@ def _launch(
             "hepgan.bench.scaling",
             "worker",
             "--backend",
-            backend,
+            "xla" if independent else backend,
             "--devices",
-            str(n),
+            "1" if independent else str(n),
             "--per-device-batch",
             str(per_device_batch),
             "--size",
@@ -264,11 +269,14 @@ def _launch(
         ]
         if profile:
             args += ["--profile", profile]
+        if independent:
+            args += ["--independent"]
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         env.pop("XLA_FLAGS", None)
         taskset = shutil.which("taskset")
         cores = min(n, os.cpu_count() or 1)
-        if backend == "mpi":
+        if backend in ("mpi", "independent"):
+            # mpirun also starts the independent workers: the same start-up and pinning as mpi ranks
             env["XLA_FLAGS"] = ONE_THREAD
             mpirun = Path(sys.executable).parent / "mpirun"
             pin = (
@@ -285,7 +293,14 @@ def _launch(
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"scaling worker {backend} x{n} failed:\n{proc.stderr[-4000:]}")
-        return json.loads(out.read_text())
+        if not independent:
+            return json.loads(out.read_text())
+        each = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(n)]
+        res = {**each[0], "backend": "independent", "workers": n, "global_batch": n * per_device_batch}
+        res["step_s"] = statistics.fmean(r["step_s"] for r in each)
+        res["step_s_each"] = [r["step_s"] for r in each]
+        res["throughput_per_s"] = res["global_batch"] / res["step_s"]
+        return res
 
 
 def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
@@ -302,23 +317,37 @@ def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
         counts = counts[:1]
     kw: dict[str, Any] = {"size": size, "conv_impl": "auto", "steps": steps, "warmup": warmup}
     load_before = os.getloadavg()
-    base = _launch("xla", 1, per_dev, **kw)
+    baselines: list[dict[str, Any]] = []
+
+    def paired(backend: str, n: int, per_device: int, mode: str, **extra: Any) -> dict[str, Any]:
+        # A fresh baseline right before each configuration: on a shared machine the speed drifts over
+        # minutes, and a ratio of two adjacent measurements cancels most of that drift.
+        b = _launch("xla", 1, per_dev, **kw)
+        baselines.append(b)
+        r = _launch(backend, n, per_device, **extra, **kw)
+        r["mode"] = mode
+        r["baseline_step_s"] = b["step_s"]
+        weak = mode in ("weak", "independent")
+        r["efficiency"] = b["step_s"] / r["step_s"] if weak else b["step_s"] / (n * r["step_s"])
+        return r
+
     runs: list[dict[str, Any]] = []
     for n in counts:
+        # n workers that never communicate: what sharing the machine alone costs (caches, memory
+        # bandwidth, other users), the ceiling of any data-parallel backend on these cores
+        ind = paired("independent", n, per_dev, "independent")
+        runs.append(ind)
         for backend, red in (("mpi", "flat"), ("mpi", "tree"), ("shard_map", "flat"), ("xla", "flat")):
             if quick and red == "tree":
                 continue
-            r = _launch(backend, n, per_dev, mpi_reduce=red, **kw)  # weak: per-device batch fixed
-            r["mode"] = "weak"
-            r["efficiency"] = base["step_s"] / r["step_s"]
+            r = paired(backend, n, per_dev, "weak", mpi_reduce=red)  # weak: per-device batch fixed
+            r["efficiency_vs_independent"] = r["efficiency"] / ind["efficiency"]
             runs.append(r)
         for backend in ("mpi", "xla"):  # strong: the single worker's global batch split n ways
             if per_dev % n:
                 continue
-            r = _launch(backend, n, per_dev // n, **kw)
-            r["mode"] = "strong"
-            r["efficiency"] = base["step_s"] / (n * r["step_s"])
-            runs.append(r)
+            runs.append(paired(backend, n, per_dev // n, "strong"))
+    base = baselines[0]
     if profile:
         _launch("shard_map", counts[0], per_dev, profile=profile, **{**kw, "steps": 1})
     return {
@@ -331,12 +360,17 @@ def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
         },
         "threads_per_worker": 1,
         "baseline": base,
+        "baseline_step_s_all": [b["step_s"] for b in baselines],
         "runs": runs,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "notes": (
-            "weak efficiency = T_1 / T_N at fixed per-device batch; strong = T_1 / (N T_N) at fixed global "
-            "batch; reduce_s times the step's two all-reduces alone; compute_s = step - input wait - reduce"
+            "each configuration is paired with a 1-worker baseline measured just before it "
+            "(baseline_step_s = T_1); weak efficiency = T_1 / T_N at fixed per-device batch; strong = "
+            "T_1 / (N T_N) at fixed global batch; independent = N non-communicating single-device workers "
+            "at once (the machine's own ceiling); efficiency_vs_independent = weak efficiency / the "
+            "independent one; reduce_s times the step's gradient all-reduces alone; compute_s = step - "
+            "input wait - reduce"
         ),
     }
 
@@ -401,13 +435,19 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--schedule", choices=["paper", "n_critic", "simultaneous"], default="paper")
     w.add_argument("--profile", default=None)
     w.add_argument("--json", required=True)
+    w.add_argument(
+        "--independent", action="store_true", help="(with mpirun) write JSON.RANK, no communication"
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="experiments/scaling")
     p.add_argument("--profile", default=None, help="also write a JAX trace of a few shard_map steps here")
     a = p.parse_args(argv)
     if a.cmd == "worker":
         res = worker(a)
-        if res["rank"] == 0:
+        if a.independent:
+            rank = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+            Path(f"{a.json}.{rank}").write_text(json.dumps(res))
+        elif res["rank"] == 0:
             Path(a.json).write_text(json.dumps(res))
         return 0
     from hepgan.bench.common import write_result

@@ -63,22 +63,23 @@ def mpi_mean(tree: Any, *, flat: bool = True, comm: Any = None) -> Any:
     def allreduce(x: jax.Array) -> jax.Array:
         return mpi4jax.allreduce(x, op=MPI.SUM, comm=comm) / jnp.asarray(size, x.dtype)
 
-    if not flat:
-        return jax.tree.map(allreduce, tree)
-    leaves = jax.tree.leaves(tree)
+    return flat_map(allreduce, tree) if flat else jax.tree.map(allreduce, tree)
+
+
+def flat_map(fn: Any, tree: Any) -> Any:
+    """Apply ``fn`` (an elementwise-in-effect collective such as a mean over workers) to ``tree`` as one
+    raveled 1-D buffer per dtype, and give back the tree: one collective call instead of one per leaf
+    (Horovod's tensor fusion, written out because ``ravel_pytree`` alone would promote mixed dtypes)."""
+    leaves, treedef = jax.tree.flatten(tree)
     if not leaves:
         return tree
-    dtypes = {x.dtype for x in leaves}
-    if len(dtypes) > 1:  # ravel would promote; keep one buffer per dtype instead
-        groups = {dt: [i for i, x in enumerate(leaves) if x.dtype == dt] for dt in dtypes}
-        out = list(leaves)
-        for idx in groups.values():
-            reduced = mpi_mean([leaves[i] for i in idx], flat=True, comm=comm)
-            for i, r in zip(idx, reduced, strict=True):
-                out[i] = r
-        return jax.tree.unflatten(jax.tree.structure(tree), out)
-    vec, unravel = ravel_pytree(tree)
-    return unravel(allreduce(vec))
+    out = list(leaves)
+    for dt in sorted({x.dtype for x in leaves}, key=str):
+        idx = [i for i, x in enumerate(leaves) if x.dtype == dt]
+        vec, unravel = ravel_pytree([leaves[i] for i in idx])
+        for i, r in zip(idx, unravel(fn(vec)), strict=True):
+            out[i] = r
+    return jax.tree.unflatten(treedef, out)
 
 
 @dataclass(frozen=True)
