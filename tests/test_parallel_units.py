@@ -160,3 +160,21 @@ def test_gns_tracker_bias_correction_and_empty():
     assert (t.g2, t.s, t.b_noise) == pytest.approx((2.0, 10.0, 5.0))
     t.update(float("nan"), 1.0)  # a non-finite step is skipped, not averaged in
     assert t.n == 1
+
+
+def test_flat_map_one_buffer_per_dtype_round_trips():
+    from hepgan.parallel.reduce import flat_map
+
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.arange(4, dtype=jnp.int32), "b": jnp.ones(2)}
+    seen = []
+
+    def double(v):
+        seen.append((v.shape, v.dtype))
+        return v * 2
+
+    out = flat_map(double, tree)
+    assert sorted(seen, key=str) == [((4,), jnp.int32), ((8,), jnp.float32)]  # one call per dtype
+    for k in tree:
+        assert out[k].dtype == tree[k].dtype
+        np.testing.assert_array_equal(out[k], tree[k] * 2)
+    assert flat_map(double, {}) == {}
