@@ -153,22 +153,7 @@ class AngleDiscriminator(Discriminator):
         cfg = cfg.resolve()
         self.cfg = cfg
         self.grid = GRID
-        d0, d1, d2, d3 = cfg.d_channels
-        eps, axis, impl = cfg.bn_epsilon, cfg.bn_axis_name, cfg.conv_impl
-        k = (5, 6, 6)
-        vs = variance_scaling
-        self.conv1 = Conv3D(1, d0, k, padding="same", kernel_init=vs, impl=impl, rngs=rngs)
-        self.conv2 = Conv3D(d0, d1, k, kernel_init=vs, impl=impl, rngs=rngs)
-        self.bn2 = batch_norm(d1, eps, axis, rngs)
-        self.conv3 = Conv3D(d1, d2, k, kernel_init=vs, impl=impl, rngs=rngs)
-        self.bn3 = batch_norm(d2, eps, axis, rngs)
-        self.conv4 = Conv3D(d2, d3, k, kernel_init=vs, impl=impl, rngs=rngs)
-        self.bn4 = batch_norm(d3, eps, axis, rngs)
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
-        n_flat = D_POOLED[0] * D_POOLED[1] * D_POOLED[2] * d3
-        self.head_logit = nnx.Linear(n_flat, 1, kernel_init=variance_scaling, rngs=rngs)
-        self.head_energy = nnx.Linear(n_flat, 1, kernel_init=variance_scaling, rngs=rngs)
-        name_convs(self)
+        self.build_trunk((5, 6, 6), variance_scaling, D_POOLED, rngs)
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         """``x: [B, 51, 51, 25]`` preprocessed cells -> ``[B]`` each: ``logit``, ``energy`` (E/100),
@@ -176,13 +161,9 @@ class AngleDiscriminator(Discriminator):
         self.check_input(x)
         h = x[..., None]
         h = self.dropout(leaky_relu(self.conv1(h)))  # [B, 51, 51, 25, d0]
-        h = self.dropout(
-            self.batch_norm(self.bn2, leaky_relu(self.conv2(zero_pad(h, (0, 0, 1)))))
-        )  # 47,46,22
-        h = self.dropout(
-            self.batch_norm(self.bn3, leaky_relu(self.conv3(zero_pad(h, (0, 0, 1)))))
-        )  # 43,41,19
-        h = self.dropout(self.batch_norm(self.bn4, leaky_relu(self.conv4(h))))  # [B, 39, 36, 14, d3]
+        h = self.block(self.conv2, self.bn2, h, (0, 0, 1))  # 47,46,22
+        h = self.block(self.conv3, self.bn3, h, (0, 0, 1))  # 43,41,19
+        h = self.block(self.conv4, self.bn4, h, (0, 0, 0))  # [B, 39, 36, 14, d3]
         h = avg_pool2(h).reshape(x.shape[0], -1)  # [B, 19*18*7*d3]
         linear = undo_power(x, self.cfg.cell_power)
         cell_mm, layer_mm = self.cfg.cell_size_mm, self.cfg.layer_thickness_mm

@@ -95,22 +95,7 @@ class Discriminator3D(Discriminator):
         cfg = cfg.resolve()
         self.cfg = cfg
         self.grid = GRID
-        d0, d1, d2, d3 = cfg.d_channels
-        eps, axis, impl = cfg.bn_epsilon, cfg.bn_axis_name, cfg.conv_impl
-        k = (5, 5, 5)
-        self.conv1 = Conv3D(1, d0, k, padding="same", impl=impl, rngs=rngs)
-        self.conv2 = Conv3D(d0, d1, k, impl=impl, rngs=rngs)
-        self.bn2 = batch_norm(d1, eps, axis, rngs)
-        self.conv3 = Conv3D(d1, d2, k, impl=impl, rngs=rngs)
-        self.bn3 = batch_norm(d2, eps, axis, rngs)
-        self.conv4 = Conv3D(d2, d3, k, impl=impl, rngs=rngs)
-        self.bn4 = batch_norm(d3, eps, axis, rngs)
-        # Dropout has no parameters, so one module serves the four Keras Dropout layers.
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
-        n_flat = D_POOLED[0] * D_POOLED[1] * D_POOLED[2] * d3
-        self.head_logit = nnx.Linear(n_flat, 1, kernel_init=glorot_uniform, rngs=rngs)
-        self.head_energy = nnx.Linear(n_flat, 1, kernel_init=glorot_uniform, rngs=rngs)
-        name_convs(self)
+        self.build_trunk((5, 5, 5), glorot_uniform, D_POOLED, rngs)  # Keras default initialiser
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         """``x: [B, 25, 25, 25]`` preprocessed cells -> ``[B]`` each: ``logit``, ``energy`` (E/100),
@@ -118,9 +103,9 @@ class Discriminator3D(Discriminator):
         self.check_input(x)
         h = x[..., None]
         h = self.dropout(leaky_relu(self.conv1(h)))  # [B, 25, 25, 25, d0]
-        h = self.dropout(self.batch_norm(self.bn2, leaky_relu(self.conv2(zero_pad(h, (2, 2, 2))))))  # 25^3
-        h = self.dropout(self.batch_norm(self.bn3, leaky_relu(self.conv3(zero_pad(h, (2, 2, 2))))))  # 25^3
-        h = self.dropout(self.batch_norm(self.bn4, leaky_relu(self.conv4(zero_pad(h, (1, 1, 1))))))  # 23^3
+        h = self.block(self.conv2, self.bn2, h, (2, 2, 2))  # 25^3
+        h = self.block(self.conv3, self.bn3, h, (2, 2, 2))  # 25^3
+        h = self.block(self.conv4, self.bn4, h, (1, 1, 1))  # 23^3
         h = avg_pool2(h).reshape(x.shape[0], -1)  # [B, 11*11*11*d3]
         return {
             "logit": self.head_logit(h)[:, 0],
