@@ -146,3 +146,12 @@ def test_shard_map_single_device_mesh_is_plain():
     assert par.per_device_batch(16) == 16
     with pytest.raises(ValueError, match="not divisible"):
         setup(ParallelConfig(backend="xla", devices=3, launcher="none")).per_device_batch(16)
+
+
+def test_shard_map_on_one_device_trains_as_xla():
+    # One device (a one-GPU node running the shard_map configuration): no collective is left in the step,
+    # and the per-device program must still compile and give the single-device update.
+    one, l1 = _train(setup(ParallelConfig(backend="xla", devices=1, launcher="none")))
+    sm, ls = _train(setup(ParallelConfig(backend="shard_map", devices=1, launcher="none")))
+    _close(one, sm, LOOSE_RTOL, LOOSE_ATOL)
+    np.testing.assert_allclose(l1, ls, rtol=LOOSE_RTOL)

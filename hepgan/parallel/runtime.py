@@ -116,7 +116,15 @@ class Parallel:
                 donate_argnums=donate_argnums,
             )
         if self.backend == "shard_map":
-            per_device = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+            # One device: the reducer leaves no collective in the step, so JAX cannot prove the outputs
+            # replicated; on a one-device mesh they trivially are, and nothing is summed over devices.
+            per_device = jax.shard_map(
+                step,
+                mesh=self.mesh,
+                in_specs=(P(), P(AXIS)),
+                out_specs=(P(), P()),
+                check_vma=self.workers > 1,
+            )
             return jax.jit(per_device, donate_argnums=donate_argnums)
         return jax.jit(step, donate_argnums=donate_argnums)
 
