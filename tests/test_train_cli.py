@@ -77,3 +77,22 @@ def test_generate_from_checkpoint(sweep, tmp_path):
 def test_generate_bad_run_dir(tmp_path):
     p = run(BIN / "hepgan-generate", tmp_path / "nothing", cwd=tmp_path)
     assert p.returncode == 1 and "manifest.json" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_failure_is_recorded_once_per_process(tmp_path, process_id):
+    # A bad setting under a two-process layout: each process prints the error and exits non-zero; process
+    # 0 writes result.json, process 1 its own result.rank1.json (it must not overwrite process 0's file).
+    p = run(
+        BIN / "hepgan-train", "debug=default", f"out={tmp_path / 'r'}", "train.on_nonfinite=retry",
+        "parallel.launcher=explicit", "parallel.coordinator_address=127.0.0.1:1", "parallel.num_processes=2",
+        f"parallel.process_id={process_id}", cwd=tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "train.on_nonfinite" in p.stderr and "Traceback" not in p.stderr
+    written = sorted(f.name for f in (tmp_path / "r").glob("result*.json"))
+    name = "result.json" if process_id == 0 else "result.rank1.json"
+    assert written == [name]
+    res = json.loads((tmp_path / "r" / name).read_text())
+    assert res["status"] == "error" and res["process"] == process_id
+    assert ("(process 1)" in p.stderr) == (process_id == 1)

@@ -25,11 +25,41 @@ from hepgan.train.config import check_overrides
 EXIT_USAGE, EXIT_NONFINITE = 1, 3
 
 
-def _write_result(run_dir: Path, result: dict[str, Any]) -> Path:
-    path = run_dir / "result.json"
+def _write_result(run_dir: Path, result: dict[str, Any], process_id: int = 0) -> Path:
+    """``result.json`` (process 0) or ``result.rank<K>.json`` (process K of a multi-process run, which
+    writes only when it fails: the main process's file is the run's result, and a failure seen by one
+    rank alone is kept beside it instead of overwriting it)."""
+    path = run_dir / ("result.json" if process_id == 0 else f"result.rank{process_id}.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     return path
+
+
+def _fail(run_dir: Path, cfg: DictConfig, status: str, exc: Exception, code: int) -> None:
+    """Record a failed run (``status`` ``nonfinite`` or ``error``) and exit with ``code``: every process
+    prints the error; process 0 writes ``result.json``, another process ``result.rank<K>.json``."""
+    pid = _process_id(cfg)
+    _write_result(run_dir, {"status": status, "objective": None, "error": str(exc), "process": pid}, pid)
+    prefix = "hepgan-train" if pid == 0 else f"hepgan-train (process {pid})"
+    print(f"{prefix}: {exc}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _process_id(cfg: DictConfig) -> int:
+    """This process's index in a multi-process run, read without starting JAX (the error paths may run
+    before or without :func:`hepgan.parallel.setup`): the explicit layout, else the launcher's
+    environment (Slurm, Open MPI, MPICH, jsrun), else 0."""
+    from hepgan.parallel.distributed import detect_launch
+
+    par = cfg.get("parallel") or {}
+    try:
+        if par.get("launcher") == "explicit" and par.get("process_id") is not None:
+            return int(par.get("process_id"))
+        if par.get("launcher") == "none":
+            return 0
+        return detect_launch().process_id
+    except (ValueError, TypeError):  # a malformed layout is itself the error being reported
+        return 0
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -45,13 +75,9 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         result = fit(cfg)
     except NonFiniteError as exc:
-        _write_result(run_dir, {"status": "nonfinite", "objective": None, "error": str(exc)})
-        print(f"hepgan-train: {exc}", file=sys.stderr)
-        sys.exit(EXIT_NONFINITE)
+        _fail(run_dir, cfg, "nonfinite", exc, EXIT_NONFINITE)
     except (ValueError, FileNotFoundError) as exc:
-        _write_result(run_dir, {"status": "error", "objective": None, "error": str(exc)})
-        print(f"hepgan-train: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _fail(run_dir, cfg, "error", exc, EXIT_USAGE)
     if not result["is_main"]:  # under srun/mpirun every rank trains; one writes the result
         return float(result["objective"])
     summary = {
