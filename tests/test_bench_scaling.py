@@ -4,11 +4,14 @@ for what the step reduces. Speed itself is measured by ``hepgan-bench scaling``,
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import jax
+import pytest
 from flax import nnx
 
-from hepgan.bench.scaling import worker
+from hepgan.bench.scaling import _launch, summarize, worker
 from hepgan.models import ModelConfig, build
 
 
@@ -24,6 +27,7 @@ def _args(backend: str, devices: int, schedule: str) -> argparse.Namespace:
         mpi_reduce="flat",
         schedule=schedule,
         profile=None,
+        pin_threads=False,  # never re-pin this test process's own threads
         json="unused",
     )
 
@@ -47,3 +51,28 @@ def test_worker_runs_the_real_step_and_counts_the_reduced_bytes():
     one = worker(_args("xla", 1, "simultaneous"))
     assert one["gradient_allreduces_per_step"] == {"d": 1, "g": 1}
     assert one["bytes_reduced_per_step"] == 0 and one["reduce_s"] == 0.0  # nothing to reduce on 1 worker
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="thread pinning: Linux, 2 cores"
+)
+def test_shard_map_worker_pins_one_compute_thread_per_core():
+    # A fresh process as the driver starts it (one XLA thread per device, cores 0-1): each device's
+    # compute thread, found by its CPU time in warm-up, gets a core of its own.
+    r = _launch("shard_map", 2, 2, size="tiny", conv_impl="fft", steps=1, warmup=1)
+    pinned = r["pinned_threads"]
+    assert len(pinned) == 2
+    assert sorted(p["core"] for p in pinned) == [0, 1]
+    assert len({p["tid"] for p in pinned}) == 2 and all(p["warmup_cpu_ticks"] > 0 for p in pinned)
+
+
+def test_summary_median_and_range_over_repeats():
+    base = {"backend": "mpi", "mpi_reduce": "flat", "workers": 2, "global_batch": 16, "mode": "weak"}
+    base |= {"reduce_s": 0.004, "input_wait_s": 0.001, "bytes_reduced_per_step": 8}
+    base["allreduce_calls_per_step"] = 4
+    runs = [{**base, "efficiency": e, "step_s": t} for e, t in ((0.9, 2.3), (0.99, 2.1), (0.96, 2.2))]
+    runs.append({**base, "mpi_reduce": "tree", "efficiency": 0.5, "step_s": 4.0})
+    flat, tree = summarize(runs)
+    assert flat["configuration"] == "weak mpi/flat x2" and flat["efficiency"] == [0.9, 0.99, 0.96]
+    assert (flat["efficiency_median"], flat["efficiency_min"], flat["efficiency_max"]) == (0.96, 0.9, 0.99)
+    assert flat["step_s_median"] == 2.2 and tree["efficiency"] == [0.5]

@@ -130,6 +130,8 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     for i in range(a.warmup):
         one_step(i)
     t_compile = time.perf_counter() - t_compile
+    # One device per core: the threads that ran the devices' programs during warm-up, each to its own core
+    pinned = _pin_compute_threads(workers) if a.pin_threads and a.backend != "mpi" else []
     if a.profile:
         with jax.profiler.trace(a.profile):
             for i in range(3):
@@ -194,7 +196,41 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         "throughput_per_s": global_batch / step_time,
         "compile_and_warmup_s": t_compile,
         "rank": par.process_index,
+        "pinned_threads": pinned,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
+
+
+def _thread_cpu_ticks() -> dict[int, tuple[str, int]]:
+    """``{thread id: (name, user + system CPU ticks)}`` of this process's threads (Linux ``/proc``)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (name, int(fields[11]) + int(fields[12]))
+    return out
+
+
+def _pin_compute_threads(n: int) -> list[dict[str, Any]]:
+    """Pin the ``n`` busiest XLA compute threads of this process (``tf_XLAEigen*``: with one intra-op
+    thread per device, one thread runs each device's program) to the first ``n`` cores this process may
+    use, one each; returns what was pinned. The process's other threads (Python, input prefetch) keep
+    the whole core set. Written by hand: neither JAX nor XLA exposes thread placement for CPU devices."""
+    if n < 2 or not Path("/proc/self/task").is_dir():
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    threads = _thread_cpu_ticks().items()
+    busy = sorted(((t, tid, name) for tid, (name, t) in threads if name.startswith("tf_XLA")), reverse=True)[
+        :n
+    ]
+    pinned = []
+    for core, (ticks, tid, name) in zip(cores, busy, strict=False):
+        os.sched_setaffinity(tid, {core})
+        pinned.append({"thread": name, "tid": tid, "core": core, "warmup_cpu_ticks": ticks})
+    return pinned
 
 
 def _calls(backend: str, flat: bool, g_params: Any, d_params: Any, per_step: dict[str, int]) -> int:
@@ -303,15 +339,19 @@ def _launch(
         return res
 
 
-def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
+def run(quick: bool = False, profile: str | None = None, repeats: int = 3) -> dict[str, Any]:
     """Weak and strong scaling on this machine's cores for the xla, shard_map and mpi backends.
 
     ``quick``: the tiny model, 2 workers, a few steps (a smoke run); else the paper fixed-angle model.
-    Returns the JSON-able result (configurations, per-step times, efficiencies, machine load).
+    ``repeats``: how often the weak-scaling configurations of the goal (non-communicating workers, mpi,
+    shard_map) are measured, each time paired with a fresh baseline; the rest once. The summary gives
+    each configuration's median efficiency over its repeats with the smallest and largest.
+    Returns the JSON-able result (configurations, per-step times, efficiencies, summary, machine load).
     """
     size = "tiny" if quick else "paper"
     per_dev = 4 if quick else 8
     steps, warmup = (3, 1) if quick else (8, 2)
+    repeats = 1 if quick else max(1, repeats)
     counts = [n for n in (2, 4, 8) if n <= (os.cpu_count() or 1)] or [2]
     if quick:
         counts = counts[:1]
@@ -319,34 +359,37 @@ def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()
     baselines: list[dict[str, Any]] = []
 
-    def paired(backend: str, n: int, per_device: int, mode: str, **extra: Any) -> dict[str, Any]:
+    def paired(backend: str, n: int, per_device: int, mode: str, repeat: int, **extra: Any) -> dict[str, Any]:
         # A fresh baseline right before each configuration: on a shared machine the speed drifts over
         # minutes, and a ratio of two adjacent measurements cancels most of that drift.
         b = _launch("xla", 1, per_dev, **kw)
         baselines.append(b)
         r = _launch(backend, n, per_device, **extra, **kw)
-        r["mode"] = mode
+        r["mode"], r["repeat"] = mode, repeat
         r["baseline_step_s"] = b["step_s"]
         weak = mode in ("weak", "independent")
         r["efficiency"] = b["step_s"] / r["step_s"] if weak else b["step_s"] / (n * r["step_s"])
         return r
 
+    goal = [("mpi", "flat"), ("mpi", "tree"), ("shard_map", "flat")]
     runs: list[dict[str, Any]] = []
-    for n in counts:
-        # n workers that never communicate: what sharing the machine alone costs (caches, memory
-        # bandwidth, other users), the ceiling of any data-parallel backend on these cores
-        ind = paired("independent", n, per_dev, "independent")
-        runs.append(ind)
-        for backend, red in (("mpi", "flat"), ("mpi", "tree"), ("shard_map", "flat"), ("xla", "flat")):
-            if quick and red == "tree":
-                continue
-            r = paired(backend, n, per_dev, "weak", mpi_reduce=red)  # weak: per-device batch fixed
-            r["efficiency_vs_independent"] = r["efficiency"] / ind["efficiency"]
-            runs.append(r)
-        for backend in ("mpi", "xla"):  # strong: the single worker's global batch split n ways
-            if per_dev % n:
-                continue
-            runs.append(paired(backend, n, per_dev // n, "strong"))
+    for rep in range(repeats):
+        for n in counts:
+            # n workers that never communicate: what sharing the machine alone costs (caches, memory
+            # bandwidth, other users), the ceiling of any data-parallel backend on these cores
+            ind = paired("independent", n, per_dev, "independent", rep)
+            runs.append(ind)
+            backends = goal + ([("xla", "flat")] if rep == 0 else [])
+            for backend, red in backends:
+                if quick and red == "tree":
+                    continue
+                r = paired(backend, n, per_dev, "weak", rep, mpi_reduce=red)  # per-device batch fixed
+                r["efficiency_vs_independent"] = r["efficiency"] / ind["efficiency"]
+                runs.append(r)
+            for backend in ("mpi", "xla") if rep == 0 else ():  # strong: 1 worker's batch split n ways
+                if per_dev % n:
+                    continue
+                runs.append(paired(backend, n, per_dev // n, "strong", rep))
     base = baselines[0]
     if profile:
         _launch("shard_map", counts[0], per_dev, profile=profile, **{**kw, "steps": 1})
@@ -359,9 +402,11 @@ def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
             "step": "hepgan.train.step.make_step",
         },
         "threads_per_worker": 1,
+        "repeats": repeats,
         "baseline": base,
         "baseline_step_s_all": [b["step_s"] for b in baselines],
         "runs": runs,
+        "summary": summarize(runs),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "notes": (
@@ -369,10 +414,49 @@ def run(quick: bool = False, profile: str | None = None) -> dict[str, Any]:
             "(baseline_step_s = T_1); weak efficiency = T_1 / T_N at fixed per-device batch; strong = "
             "T_1 / (N T_N) at fixed global batch; independent = N non-communicating single-device workers "
             "at once (the machine's own ceiling); efficiency_vs_independent = weak efficiency / the "
-            "independent one; reduce_s times the step's gradient all-reduces alone; compute_s = step - "
-            "input wait - reduce"
+            "independent one of the same repeat; reduce_s times the step's gradient all-reduces alone; "
+            "compute_s = step - input wait - reduce; summary: median (min, max) over the repeats; "
+            "shard_map/xla processes pin each device's compute thread to its own core (pinned_threads)"
         ),
     }
+
+
+def _label(r: dict[str, Any]) -> str:
+    if r["mode"] == "independent":
+        return f"independent x{r['workers']}"
+    red = f"/{r['mpi_reduce']}" if r.get("mpi_reduce") else ""
+    return f"{r['mode']} {r['backend']}{red} x{r['workers']}"
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration (mode, backend, reduction, workers): the efficiencies of its repeats, their
+    median, smallest and largest, and the median step, reduction and input-wait times in seconds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(_label(r), []).append(r)
+    out = []
+    for label, rs in groups.items():
+        effs = [r["efficiency"] for r in rs]
+        out.append(
+            {
+                "configuration": label,
+                "mode": rs[0]["mode"],
+                "backend": rs[0]["backend"],
+                "mpi_reduce": rs[0].get("mpi_reduce"),
+                "workers": rs[0]["workers"],
+                "global_batch": rs[0]["global_batch"],
+                "efficiency": effs,
+                "efficiency_median": statistics.median(effs),
+                "efficiency_min": min(effs),
+                "efficiency_max": max(effs),
+                "step_s_median": statistics.median(r["step_s"] for r in rs),
+                "reduce_s_median": statistics.median(r["reduce_s"] for r in rs),
+                "input_wait_s_median": statistics.median(r["input_wait_s"] for r in rs),
+                "bytes_reduced_per_step": rs[0]["bytes_reduced_per_step"],
+                "allreduce_calls_per_step": rs[0]["allreduce_calls_per_step"],
+            }
+        )
+    return out
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
@@ -384,20 +468,21 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
     base = result["baseline"]
-    labels, effs, thr, comp, red, wait = [], [], [], [], [], []
-    for r in result["runs"]:
-        red_mode = "/" + r["mpi_reduce"] if r.get("mpi_reduce") else ""
-        lab = f"{r['mode']}\n{r['backend']}{red_mode} x{r['workers']}"
-        labels.append(lab)
-        effs.append(100 * r["efficiency"])
-        thr.append(r["throughput_per_s"])
-        comp.append(r["compute_s"])
-        red.append(r["reduce_s"])
-        wait.append(r["input_wait_s"])
+    summary = result.get("summary") or summarize(result["runs"])
+    labels = [c["configuration"].replace(" ", "\n", 1) for c in summary]  # mode above backend
+    effs = [100 * c["efficiency_median"] for c in summary]
+    err = [
+        [100 * (c["efficiency_median"] - c["efficiency_min"]) for c in summary],
+        [100 * (c["efficiency_max"] - c["efficiency_median"]) for c in summary],
+    ]
+    thr = [c["global_batch"] / c["step_s_median"] for c in summary]
+    wait = [c["input_wait_s_median"] for c in summary]
+    red = [c["reduce_s_median"] for c in summary]
+    comp = [max(c["step_s_median"] - w - r, 0.0) for c, w, r in zip(summary, wait, red, strict=True)]
     x = range(len(labels))
-    ax1.bar(x, effs, color="tab:blue")
+    ax1.bar(x, effs, yerr=err, capsize=3, color="tab:blue")
     ax1.axhline(95, color="k", ls="--", lw=0.8)
-    ax1.set_ylabel("parallel efficiency [%]")
+    ax1.set_ylabel(f"parallel efficiency [%]\n(median and range over {result.get('repeats', 1)} repeats)")
     ax2.bar(x, thr, color="tab:green")
     ax2.axhline(base["throughput_per_s"], color="k", ls="--", lw=0.8, label="1 worker")
     ax2.set_ylabel("throughput [showers/s]")
@@ -434,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--mpi-reduce", choices=["flat", "tree"], default="flat")
     w.add_argument("--schedule", choices=["paper", "n_critic", "simultaneous"], default="paper")
     w.add_argument("--profile", default=None)
+    w.add_argument("--no-pin-threads", dest="pin_threads", action="store_false")
     w.add_argument("--json", required=True)
     w.add_argument(
         "--independent", action="store_true", help="(with mpirun) write JSON.RANK, no communication"
@@ -441,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="experiments/scaling")
     p.add_argument("--profile", default=None, help="also write a JAX trace of a few shard_map steps here")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="paired repeats of the goal's weak-scaling configurations"
+    )
     a = p.parse_args(argv)
     if a.cmd == "worker":
         res = worker(a)
@@ -452,8 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hepgan.bench.common import write_result
 
-    result = run(quick=a.quick, profile=a.profile)
+    result = run(quick=a.quick, profile=a.profile, repeats=a.repeats)
     path = write_result("scaling", result, a.out)
+    for c in result["summary"]:
+        effs = ", ".join(f"{100 * e:.1f}" for e in c["efficiency"])
+        print(f"{c['configuration']:28s} efficiency median {100 * c['efficiency_median']:5.1f} %  ({effs})")
     print(f"wrote {path} and {plot(result, Path(a.out) / 'scaling.png')}")
     return 0
 

@@ -53,8 +53,9 @@ def _process_id(cfg: DictConfig) -> int:
 
     par = cfg.get("parallel") or {}
     try:
-        if par.get("launcher") == "explicit" and par.get("process_id") is not None:
-            return int(par.get("process_id"))
+        pid = par.get("process_id")
+        if par.get("launcher") == "explicit" and pid is not None:
+            return int(pid)
         if par.get("launcher") == "none":
             return 0
         return detect_launch().process_id
