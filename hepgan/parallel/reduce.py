@@ -152,13 +152,27 @@ class Reducer:
         Returns the mean gradients and ``{"gns_g2": |G|^2 estimate, "gns_s": S estimate}`` (empty for xla
         or a single worker, where small and big batch coincide). ``local_batch``: examples per worker.
         """
-        mean = self.mean(grads)
-        if not self.per_device or self.workers == 1:
-            return mean, {}
-        sq_small = self.mean(sq_norm(grads))  # averaged over workers: lower variance, still unbiased
-        sq_big = sq_norm(mean)
-        g2, s = gns_estimates(sq_small, sq_big, local_batch, local_batch * self.workers)
-        return mean, {"gns_g2": g2, "gns_s": s}
+        mean, gns, _ = self.grads_and_mean(grads, local_batch, None)
+        return mean, gns
+
+    def grads_and_mean(
+        self, grads: Any, local_batch: int, other: Any
+    ) -> tuple[Any, dict[str, jax.Array], Any]:
+        """:meth:`grads`, with ``other`` (e.g. the BatchNorm statistics of the same forward pass) averaged
+        in the same collective: ``(mean grads, noise-scale estimates, mean other)``.
+
+        The gradients, this worker's squared gradient norm (for the noise scale) and ``other`` travel in
+        one all-reduce (mpi: one flat buffer per dtype), so an update costs a single synchronisation of
+        the workers instead of three; the values are those of three separate means.
+        """
+        gns_on = self.per_device and self.workers > 1
+        sq = sq_norm(grads) if gns_on else None
+        mean, sq_small, other_mean = self.mean((grads, sq, other))
+        if not gns_on:
+            return mean, {}, other_mean
+        # sq_small: averaged over workers: lower variance, still unbiased
+        g2, s = gns_estimates(sq_small, sq_norm(mean), local_batch, local_batch * self.workers)
+        return mean, {"gns_g2": g2, "gns_s": s}, other_mean
 
 
 # ----------------------------------------------------------------------------------------------------

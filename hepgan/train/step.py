@@ -183,8 +183,8 @@ def make_step(
         (_loss, (aux, d_bs)), grads = jax.value_and_grad(d_loss, has_aux=True)(
             reducer.local(state.d_params), state.d_batch_stats, parts, key
         )
-        grads, gns = reducer.grads(grads, parts[0][1].shape[0])
-        return grads, reducer.mean(d_bs), aux, gns
+        grads, gns, d_bs = reducer.grads_and_mean(grads, parts[0][1].shape[0], d_bs)  # one collective
+        return grads, d_bs, aux, gns
 
     def d_apply(state, grads, d_bs):
         updates, opt_state = players.d_tx.update(grads, state.d_opt_state, state.d_params)
@@ -217,9 +217,9 @@ def make_step(
             ecal_t,
             k_l,
         )
-        grads, gns = reducer.grads(grads, e.shape[0])
+        grads, gns, g_bs = reducer.grads_and_mean(grads, e.shape[0], g_bs)  # one collective
         g_gns.append(gns)
-        return grads, reducer.mean(g_bs), {"g_loss": loss, **aux}
+        return grads, g_bs, {"g_loss": loss, **aux}
 
     def g_apply(state, grads, g_bs):
         updates, opt_state = players.g_tx.update(grads, state.g_opt_state, state.g_params)
