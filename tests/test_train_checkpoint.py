@@ -187,3 +187,27 @@ def test_nonfinite_stops_with_step_range_or_rolls_back(tmp_path, monkeypatch):
     _, state, _, _ = restore_run(tmp_path / "rollback")
     assert float(state.lr_scale) == 0.5
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.g_params))
+
+
+def test_restore_a_chosen_step(runs, tmp_path):
+    from hepgan.train.api import _which_checkpoint
+
+    root, _, _, _ = runs
+    saved = sorted(int(p.name) for p in (root / "full" / "checkpoints").iterdir() if p.name.isdigit())
+    older = saved[-2]
+    _, state, _, _ = restore_run(root / "full", step=older)
+    assert int(state.step) == older
+    # the step folder as the run: evaluate_checkpoint/hepgan-evaluate take exactly that step
+    step_dir = root / "full" / "checkpoints" / str(older)
+    assert _which_checkpoint(step_dir, None) == (root / "full", False, older)
+    assert _which_checkpoint(root / "full", "latest") == (root / "full", False, None)
+    with pytest.raises(FileNotFoundError, match=rf"no checkpoint of step 999 .*saved steps: \[.*{older}"):
+        restore_run(root / "full", step=999)
+    # a damaged step that was asked for is an error, not a silent fallback to another step
+    run = tmp_path / "run"
+    shutil.copytree(root / "full", run)
+    for f in (run / "checkpoints" / str(saved[-1]) / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+            f.write_bytes(b"\0" * f.stat().st_size)
+    with pytest.raises(ValueError, match=rf"checkpoints/{saved[-1]} is damaged"):
+        restore_run(run, step=saved[-1])

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256, help="showers per generator call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--best", action="store_true", help="use the best checkpoint instead of the newest")
+    p.add_argument(
+        "--step", type=int, default=None, help="use exactly this saved step (of best/ with --best)"
+    )
     args = p.parse_args(argv)
     try:
         return _run(args)
@@ -64,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     energy = spec.sample(rng.random(args.n), np.arange(args.n)).astype(np.float32)
     theta = np.deg2rad(rng.uniform(lo, hi, args.n) if hi > lo else np.full(args.n, lo)).astype(np.float32)
-    players, state, preprocess, conf = restore_run(args.run_dir, best=args.best)
+    players, state, preprocess, conf = restore_run(args.run_dir, best=args.best, step=args.step)
     fmt = args.format or ("fixed25" if conf.model.arch == "fixed25" else "angle")
     batch = min(args.batch, args.n)
     generate(players, state, energy[:batch], theta[:batch], batch=batch, seed=args.seed)  # compile

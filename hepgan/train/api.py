@@ -92,24 +92,28 @@ def compile_step(cfg: Any) -> dict[str, Any]:
     }
 
 
-def _which_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> tuple[Path, bool]:
-    """``(run directory, use best)`` from a run directory and a checkpoint spec (see evaluate_checkpoint)."""
-    if checkpoint is None or str(checkpoint) == "best":
-        return run_dir, (run_dir / "best").is_dir()
-    if str(checkpoint) == "latest":
-        return run_dir, False
-    path = Path(checkpoint)
-    if not path.is_absolute() and not path.exists():
-        path = run_dir / path
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {checkpoint!r}: neither 'best', 'latest' nor an existing folder (looked for {path})"
-        )
+def _which_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> tuple[Path, bool, int | None]:
+    """``(run directory, use best, step or None)`` from a run directory and a checkpoint spec (see
+    evaluate_checkpoint); ``run_dir`` itself may also point inside the run."""
+    if checkpoint is not None and str(checkpoint) in ("best", "latest"):
+        root = _which_checkpoint(run_dir, None)[0]
+        return root, str(checkpoint) == "best" and (root / "best").is_dir(), None
+    path = run_dir
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_absolute() and not path.exists():
+            path = run_dir / path
+        if not path.exists():
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint!r}: neither 'best', 'latest' nor an existing folder "
+                f"(looked for {path})"
+            )
     parts = path.resolve().parts
     for i in range(len(parts) - 1, -1, -1):
-        if parts[i] in ("best", "checkpoints"):
-            return Path(*parts[:i]), parts[i] == "best"
-    return path, (path / "best").is_dir()
+        if parts[i] in ("best", "checkpoints") and (Path(*parts[:i]) / "manifest.json").exists():
+            step = int(parts[i + 1]) if i + 1 < len(parts) and parts[i + 1].isdigit() else None
+            return Path(*parts[:i]), parts[i] == "best", step
+    return path, (path / "best").is_dir(), None
 
 
 def evaluate_checkpoint(
@@ -124,8 +128,9 @@ def evaluate_checkpoint(
 
     ``run_dir``: a directory written by ``hepgan-train`` (``manifest.json``, ``checkpoints/``, ``best/``).
     ``checkpoint``: ``None`` or ``"best"`` (the best checkpoint, the newest if the run kept none),
-    ``"latest"``, or a path inside the run (``best/``, ``checkpoints/``, one of their step folders: the
-    best resp. newest intact checkpoint is used). ``seed``: which fresh reference sample and generator
+    ``"latest"``, or a path inside the run (``best/`` or ``checkpoints/``: the best resp. newest intact
+    checkpoint; one of their step folders, e.g. ``checkpoints/40``: exactly that step). ``run_dir`` may
+    itself be such a path. ``seed``: which fresh reference sample and generator
     noise; the same seed gives every run the same reference events.
     The reference: for simulated data, ``n_events`` events of the run's simulator stream that neither
     training nor its validation used (stream ``data.seed``, after the validation events, offset by
@@ -142,8 +147,8 @@ def evaluate_checkpoint(
 
     if n_events < 1:
         raise ValueError(f"n_events must be positive; got {n_events}")
-    root, best = _which_checkpoint(Path(run_dir), checkpoint)
-    players, state, preprocess, conf = restore_run(root, best=best)
+    root, best, step = _which_checkpoint(Path(run_dir), checkpoint)
+    players, state, preprocess, conf = restore_run(root, best=best, step=step)
     data = conf.data
     if data.kind == "simulated":
         source = open_source(dataclasses.replace(data, n_events=1, n_reference=n_events)).reference

@@ -112,21 +112,32 @@ class Checkpointer:
         """Newest saved step, or None."""
         return self.latest.latest_step()
 
-    def restore(self, template: GANState, *, best: bool = False) -> tuple[GANState, dict[str, Any]] | None:
+    def restore(
+        self, template: GANState, *, best: bool = False, step: int | None = None
+    ) -> tuple[GANState, dict[str, Any]] | None:
         """The newest checkpoint that restores and verifies (or the best, with ``best``), else None.
 
         ``template``: a state with the wanted shapes, dtypes and shardings (e.g. the freshly initialised
-        one). A damaged checkpoint is logged as a warning and skipped.
+        one). A damaged checkpoint is logged as a warning and skipped. ``step``: exactly that saved step
+        instead (of ``best/`` with ``best``); a missing step raises ``FileNotFoundError`` listing the saved
+        ones, a damaged one ``ValueError`` (no fallback to another step when one was asked for).
         """
         manager = self.best if best else self.latest
         if manager is None:
             return None
         manager.wait_until_finished()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_to_tree(template))
-        for step in sorted(manager.all_steps(), reverse=True):
+        steps = sorted(manager.all_steps(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(
+                    f"no checkpoint of step {step} under {manager.directory}; saved steps: {sorted(steps)}"
+                )
+            steps = [step]
+        for s in steps:
             try:
                 out = manager.restore(
-                    step,
+                    s,
                     args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()
                     ),
@@ -136,12 +147,18 @@ class Checkpointer:
                 if extra.get("fingerprint") not in (None, fingerprint(state)):
                     raise ValueError("the restored arrays do not match the fingerprint saved with them")
             except Exception as exc:  # any damage: fall back to the previous checkpoint
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                if step is not None:
+                    raise ValueError(
+                        f"checkpoint {manager.directory}/{s} is damaged or incomplete "
+                        f"({type(exc).__name__}: {first})"
+                    ) from exc
                 log.warning(
                     "checkpoint %s/%d is damaged or incomplete (%s: %s); trying the previous one",
                     manager.directory,
-                    step,
+                    s,
                     type(exc).__name__,
-                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                    first,
                 )
                 continue
             return state, extra
@@ -161,12 +178,15 @@ class Checkpointer:
             self.best.close()
 
 
-def restore_run(run_dir: str | Path, *, best: bool = False) -> tuple[Any, GANState, Any, Any]:
+def restore_run(
+    run_dir: str | Path, *, best: bool = False, step: int | None = None
+) -> tuple[Any, GANState, Any, Any]:
     """Rebuild a trained run from its directory: ``(players, state, preprocess, config)``.
 
     Reads ``manifest.json`` for the configuration, builds the models, and restores the newest intact
-    checkpoint (the best by ``physics_score`` with ``best``). Raises ``FileNotFoundError`` naming what is
-    missing.
+    checkpoint (the best by ``physics_score`` with ``best``), or exactly step ``step`` of ``checkpoints/``
+    (of ``best/`` with ``best``). Raises ``FileNotFoundError`` naming what is missing, ``ValueError`` for
+    a damaged ``step``.
     """
     import json
 
@@ -199,7 +219,7 @@ def restore_run(run_dir: str | Path, *, best: bool = False) -> tuple[Any, GANSta
     template, players = init_state(g, d, opt.g_tx, opt.d_tx, conf.train.seed)
     ckpt = Checkpointer(run_dir, keep_last=max(conf.train.keep_last, 1), keep_best=True)
     try:
-        restored = ckpt.restore(template, best=best)
+        restored = ckpt.restore(template, best=best, step=step)
     finally:
         ckpt.close()
     if restored is None:
