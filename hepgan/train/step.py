@@ -137,17 +137,24 @@ def make_step(
         out = d(x)
         return out, nnx.state(d, nnx.BatchStat)
 
-    def conditions(key, batch, ecal_real):
-        """(energy E/100, theta rad, ecal target) for a batch of fakes."""
+    sample_energy = not angle and cfg.fake_energy_range is not None
+
+    def sum_per_energy(batch, ecal_real):
+        """The real batch's ECAL sum per unit energy, over the global batch (one collective per step).
+
+        The Keras loop gives sampled energies an ECAL-sum target from a fit of sum/E; a straight-line
+        fit through the origin on the real batch needs no constants tied to the data's units. Sums over
+        the global batch, so that every worker fits the same line."""
+        s_ecal, s_e = reducer.mean((jnp.sum(ecal_real), jnp.sum(batch["energy"])))
+        return s_ecal / jnp.maximum(s_e, 1e-12)
+
+    def conditions(key, batch, ecal_real, ratio):
+        """(energy E/100, theta rad, ecal target) for a batch of fakes; ``ratio``: ``sum_per_energy``."""
         e, theta = batch["energy"], batch["theta"]
-        if angle or cfg.fake_energy_range is None:
+        if not sample_energy:
             return e, theta, ecal_real
         lo, hi = cfg.fake_energy_range
         e_f = jax.random.uniform(key, e.shape, e.dtype, lo, hi)
-        # The Keras loop gives sampled energies an ECAL-sum target from a fit of sum/E; a straight-line
-        # fit through the origin on the real batch needs no constants tied to the data's units.
-        # Sums over the global batch, so that every worker fits the same line.
-        ratio = reducer.mean(jnp.sum(ecal_real)) / jnp.maximum(reducer.mean(jnp.sum(e)), 1e-12)
         return e_f, theta, e_f * ratio
 
     def latent(state, key, e, theta):
@@ -159,9 +166,9 @@ def make_step(
         )
         return g.latent(key, e * 100.0, theta)  # the models take GeV
 
-    def sample_fakes(state, key, batch, ecal_real):
+    def sample_fakes(state, key, batch, ecal_real, ratio):
         k_e, k_z, k_drop = jax.random.split(key, 3)
-        e, theta, ecal_t = conditions(k_e, batch, ecal_real)
+        e, theta, ecal_t = conditions(k_e, batch, ecal_real, ratio)
         z = latent(state, k_z, e, theta)
         x, _ = gen(state.g_params, state.g_batch_stats, z, k_drop, cfg.fake_bn == "batch")
         return jax.lax.stop_gradient(x), e, theta, ecal_t
@@ -202,9 +209,9 @@ def make_step(
         loss, terms = gan_loss(out, label=ones, energy=e, ecal=ecal_t, theta=theta, weights=weights)
         return loss, ({f"g_{k}": v for k, v in terms.items()}, g_bs)
 
-    def g_grads(state, key, batch, ecal_real):
+    def g_grads(state, key, batch, ecal_real, ratio):
         k_c, k_z, k_l = jax.random.split(key, 3)
-        e, theta, ecal_t = conditions(k_c, batch, ecal_real)
+        e, theta, ecal_t = conditions(k_c, batch, ecal_real, ratio)
         z = latent(state, k_z, e, theta)
         (loss, (aux, g_bs)), grads = jax.value_and_grad(g_loss, has_aux=True)(
             reducer.local(state.g_params),
@@ -238,6 +245,7 @@ def make_step(
         k_d, k_g = jax.random.split(reducer.fold_in(key))
         real = batch["ecal"]
         ecal_real = ecal_sum(real, cfg.cell_power)
+        ratio = sum_per_energy(batch, ecal_real) if sample_energy else None
         ones = jnp.ones(batch["energy"].shape, jnp.float32)
         old_g, old_d = state.g_params, state.d_params
         metrics: dict[str, jax.Array] = {}
@@ -250,7 +258,7 @@ def make_step(
 
         def fake_part(st, k):
             k_f, k_l = jax.random.split(k)
-            x, e, theta, ecal_t = sample_fakes(st, k_f, batch, ecal_real)
+            x, e, theta, ecal_t = sample_fakes(st, k_f, batch, ecal_real, ratio)
             return ("fake", x, _flip(k_l, jnp.zeros_like(ones), cfg.label_flip), e, theta, ecal_t)
 
         def d_round(st, parts, k):
@@ -263,7 +271,7 @@ def make_step(
         if cfg.schedule == "simultaneous":
             k1, k2, k3 = jax.random.split(k_d, 3)
             dg, d_bs = d_round(state, [real_part(k1), fake_part(state, k2)], k3)
-            gg, g_bs, gaux = g_grads(state, k_g, batch, ecal_real)
+            gg, g_bs, gaux = g_grads(state, k_g, batch, ecal_real, ratio)
             state = g_apply(d_apply(state, dg, d_bs), gg, g_bs)
             g_gnorms.append(_norm(gg))
             g_aux.append(gaux)
@@ -277,7 +285,7 @@ def make_step(
                     k1, k2, k3 = jax.random.split(jax.random.fold_in(k_d, i), 3)
                     state = d_apply(state, *d_round(state, [real_part(k1), fake_part(state, k2)], k3))
             for i in range(cfg.g_steps):
-                gg, g_bs, gaux = g_grads(state, jax.random.fold_in(k_g, i), batch, ecal_real)
+                gg, g_bs, gaux = g_grads(state, jax.random.fold_in(k_g, i), batch, ecal_real, ratio)
                 state = g_apply(state, gg, g_bs)
                 g_gnorms.append(_norm(gg))
                 g_aux.append(gaux)
