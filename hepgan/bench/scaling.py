@@ -2,7 +2,8 @@
 
 Each configuration runs in its own process tree (the device count of a CPU run is fixed when JAX starts):
 
-- ``xla`` / ``shard_map``: one process with ``N`` simulated CPU devices, pinned to ``N`` cores;
+- ``xla`` / ``shard_map``: one process with ``N`` simulated CPU devices on ``N`` cores, each device's
+  compute thread pinned to a core of its own after warm-up;
 - ``mpi``: ``mpirun -n N``, one single-device process per core;
 - baseline: one process, one device, one core.
 
