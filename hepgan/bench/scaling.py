@@ -224,9 +224,8 @@ def _pin_compute_threads(n: int) -> list[dict[str, Any]]:
         return []
     cores = sorted(os.sched_getaffinity(0))
     threads = _thread_cpu_ticks().items()
-    busy = sorted(((t, tid, name) for tid, (name, t) in threads if name.startswith("tf_XLA")), reverse=True)[
-        :n
-    ]
+    xla = [(ticks, tid, name) for tid, (name, ticks) in threads if name.startswith("tf_XLA")]
+    busy = sorted(xla, reverse=True)[:n]
     pinned = []
     for core, (ticks, tid, name) in zip(cores, busy, strict=False):
         os.sched_setaffinity(tid, {core})
