@@ -11,7 +11,7 @@ import jax
 import pytest
 from flax import nnx
 
-from hepgan.bench.scaling import _launch, summarize, worker
+from hepgan.bench.scaling import KEEP_MEMORY, _launch, summarize, worker
 from hepgan.models import ModelConfig, build
 
 
@@ -64,6 +64,8 @@ def test_shard_map_worker_pins_one_compute_thread_per_core():
     assert len(pinned) == 2
     assert sorted(p["core"] for p in pinned) == [0, 1]
     assert len({p["tid"] for p in pinned}) == 2 and all(p["warmup_cpu_ticks"] > 0 for p in pinned)
+    # the worker ran with the driver's malloc settings, and counted its page faults
+    assert r["glibc_tunables"] == KEEP_MEMORY and r["minor_page_faults_per_step"] >= 0
 
 
 def test_summary_median_and_range_over_repeats():

@@ -9,11 +9,13 @@ Each configuration runs in its own process tree (the device count of a CPU run i
 
 Every process runs with one compute thread (``--xla_cpu_multi_thread_eigen=false
 intra_op_parallelism_threads=1``) so that ``N`` workers on ``N`` cores are comparable with one worker on
-one core. Per step the worker reports the wall time, the input-pipeline wait (time blocked in
-``next(pipeline)``), the gradient-reduction time (the step's all-reduces on gradient-sized buffers, timed
-alone) and the compute time (step minus reduction); the driver adds throughput and parallel efficiency:
-weak scaling (fixed per-device batch) ``T_1 / T_N``, strong scaling (fixed global batch)
-``T_1 / (N T_N)``.
+one core. Every worker, the baseline's included, runs with the same malloc settings (``--glibc-tunables``;
+by default :data:`KEEP_MEMORY`, which reuses XLA's large CPU temporaries instead of faulting them in
+again every step: docs/training.md). Per step the worker reports the wall time, the input-pipeline wait
+(time blocked in ``next(pipeline)``), the gradient-reduction time (the step's all-reduces on
+gradient-sized buffers, timed alone), the compute time (step minus reduction) and the page faults and
+system CPU time; the driver adds throughput and parallel efficiency: weak scaling (fixed per-device
+batch) ``T_1 / T_N``, strong scaling (fixed global batch) ``T_1 / (N T_N)``.
 
 The step is the trainer's own update (:func:`hepgan.train.step.make_step`) of the fixed-angle 3DGAN with
 the ``optim`` defaults, fed by the trainer's input pipeline. With the paper schedule a step makes two
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,6 +42,13 @@ from pathlib import Path
 from typing import Any
 
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# glibc malloc for every worker (baseline included): one heap, no mmap, no trimming, transparent huge
+# pages, so a step's large XLA temporaries are reused rather than faulted in again each step
+# (docs/training.md, "CPU runs: the memory allocator"). "" runs the workers with glibc's defaults.
+KEEP_MEMORY = (
+    "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+    "glibc.malloc.trim_threshold=68719476736"
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -138,11 +148,17 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
             for i in range(3):
                 one_step(a.warmup + i)
     waits, totals = [], []
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     for i in range(a.steps):
         w, t = one_step(a.warmup + 10 + i)
         waits.append(w)
         totals.append(t)
     pipe.close()
+    # Page faults of this process during the timed steps: on CPU, XLA's large temporaries come from
+    # malloc, and how often their pages are faulted in again is set by the allocator (see --glibc-tunables)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    faults = (after.ru_minflt - usage.ru_minflt) / a.steps
+    system_s = (after.ru_stime - usage.ru_stime) / a.steps
 
     # Reduction alone: the step's gradient all-reduces (one per player and optimizer update) on buffers
     # of the gradients' shapes, in one jitted program as in the step.
@@ -199,6 +215,8 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         "rank": par.process_index,
         "pinned_threads": pinned,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "minor_page_faults_per_step": faults,
+        "system_cpu_s_per_step": system_s,
     }
 
 
@@ -270,9 +288,11 @@ def _launch(
     warmup: int,
     mpi_reduce: str = "flat",
     profile: str | None = None,
+    glibc_tunables: str = KEEP_MEMORY,
     timeout: float = 1200,
 ) -> dict[str, Any]:
     """Run one configuration in fresh processes pinned to cores ``0..n-1``; returns rank 0's result.
+    ``glibc_tunables``: the workers' ``GLIBC_TUNABLES`` (``""``: glibc's defaults).
 
     ``backend="independent"``: ``n`` single-device workers started together, each on its own core, that
     never communicate; returns the first one's result with ``step_s`` the mean of all ``n`` medians.
@@ -309,6 +329,9 @@ def _launch(
             args += ["--independent"]
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         env.pop("XLA_FLAGS", None)
+        env.pop("GLIBC_TUNABLES", None)
+        if glibc_tunables:
+            env["GLIBC_TUNABLES"] = glibc_tunables
         taskset = shutil.which("taskset")
         cores = min(n, os.cpu_count() or 1)
         if backend in ("mpi", "independent"):
@@ -339,13 +362,17 @@ def _launch(
         return res
 
 
-def run(quick: bool = False, profile: str | None = None, repeats: int = 3) -> dict[str, Any]:
+def run(
+    quick: bool = False, profile: str | None = None, repeats: int = 3, glibc_tunables: str = KEEP_MEMORY
+) -> dict[str, Any]:
     """Weak and strong scaling on this machine's cores for the xla, shard_map and mpi backends.
 
     ``quick``: the tiny model, 2 workers, a few steps (a smoke run); else the paper fixed-angle model.
     ``repeats``: how often the weak-scaling configurations of the goal (non-communicating workers, mpi,
     shard_map) are measured, each time paired with a fresh baseline; the rest once. The summary gives
     each configuration's median efficiency over its repeats with the smallest and largest.
+    ``glibc_tunables``: the malloc settings of every worker, the baseline's included (``""``: glibc's
+    defaults).
     Returns the JSON-able result (configurations, per-step times, efficiencies, summary, machine load).
     """
     size = "tiny" if quick else "paper"
@@ -355,7 +382,13 @@ def run(quick: bool = False, profile: str | None = None, repeats: int = 3) -> di
     counts = [n for n in (2, 4, 8) if n <= (os.cpu_count() or 1)] or [2]
     if quick:
         counts = counts[:1]
-    kw: dict[str, Any] = {"size": size, "conv_impl": "auto", "steps": steps, "warmup": warmup}
+    kw: dict[str, Any] = {
+        "size": size,
+        "conv_impl": "auto",
+        "steps": steps,
+        "warmup": warmup,
+        "glibc_tunables": glibc_tunables,
+    }
     load_before = os.getloadavg()
     baselines: list[dict[str, Any]] = []
 
@@ -402,6 +435,7 @@ def run(quick: bool = False, profile: str | None = None, repeats: int = 3) -> di
             "step": "hepgan.train.step.make_step",
         },
         "threads_per_worker": 1,
+        "glibc_tunables": glibc_tunables,
         "repeats": repeats,
         "baseline": base,
         "baseline_step_s_all": [b["step_s"] for b in baselines],
@@ -416,7 +450,8 @@ def run(quick: bool = False, profile: str | None = None, repeats: int = 3) -> di
             "at once (the machine's own ceiling); efficiency_vs_independent = weak efficiency / the "
             "independent one of the same repeat; reduce_s times the step's gradient all-reduces alone; "
             "compute_s = step - input wait - reduce; summary: median (min, max) over the repeats; "
-            "shard_map/xla processes pin each device's compute thread to its own core (pinned_threads)"
+            "shard_map/xla processes pin each device's compute thread to its own core (pinned_threads); "
+            "every worker, the baseline's included, runs with GLIBC_TUNABLES = glibc_tunables"
         ),
     }
 
@@ -530,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--repeats", type=int, default=3, help="paired repeats of the goal's weak-scaling configurations"
     )
+    p.add_argument(
+        "--glibc-tunables",
+        default=KEEP_MEMORY,
+        help="GLIBC_TUNABLES of every worker, the baseline's included ('' for glibc's defaults)",
+    )
     a = p.parse_args(argv)
     if a.cmd == "worker":
         res = worker(a)
@@ -541,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hepgan.bench.common import write_result
 
-    result = run(quick=a.quick, profile=a.profile, repeats=a.repeats)
+    result = run(quick=a.quick, profile=a.profile, repeats=a.repeats, glibc_tunables=a.glibc_tunables)
     path = write_result("scaling", result, a.out)
     for c in result["summary"]:
         effs = ", ".join(f"{100 * e:.1f}" for e in c["efficiency"])
