@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+from hepgan.parallel import Reducer
 from hepgan.train.config import OptimConfig
 from hepgan.train.schedules import make_optimizer, scaled_lr
 from hepgan.train.state import init_state
@@ -192,3 +193,39 @@ def test_lr_scaling_rules():
     assert scaled_lr(1e-3, 512, 128, "none") == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="scaling"):
         scaled_lr(1e-3, 512, 128, "cubic")
+
+
+class CountingReducer(Reducer):
+    """A two-worker mpi reducer that records every :meth:`Reducer.mean` (one synchronisation of the
+    workers each) instead of communicating: tracing a step counts its collectives."""
+
+    def __init__(self) -> None:
+        super().__init__("mpi", workers=2)
+        object.__setattr__(self, "calls", [])
+
+    def mean(self, tree):
+        self.calls.append(len(jax.tree.leaves(tree)))
+        return tree
+
+    def index(self):
+        return 0
+
+
+@pytest.mark.parametrize(("schedule", "d_updates", "g_updates"), [("paper", 2, 2), ("simultaneous", 1, 1)])
+def test_one_collective_per_update_plus_two_per_step(schedule, d_updates, g_updates):
+    # Each optimizer update averages its gradients, noise-scale norm and BatchNorm statistics in one
+    # collective; the real batch's ECAL-sum fit and the metrics take one each. Every collective is a
+    # synchronisation of all workers, so their count per step is part of the step's cost at scale.
+    rngs = nnx.Rngs(0)
+    tx = optax.sgd(1e-3)
+    state, players = init_state(ToyGenerator(rngs), ToyDiscriminator(rngs), tx, tx, seed=3)
+    reducer = CountingReducer()
+    step = make_step(players, StepConfig(arch="fixed25", schedule=schedule), reducer=reducer)
+    rng = np.random.default_rng(0)
+    batch = {
+        "ecal": jnp.asarray(rng.uniform(0, 1, (B, *GRID)).astype(np.float32)),
+        "energy": jnp.asarray(rng.uniform(0.1, 5, B).astype(np.float32)),
+        "theta": jnp.full((B,), np.pi / 2, jnp.float32),
+    }
+    jax.make_jaxpr(step)(state, batch)
+    assert len(reducer.calls) == d_updates + g_updates + 2, reducer.calls
