@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hepgan.parallel import GNSTracker, ParallelConfig, Reducer, detect_launch, gns_estimates, sq_norm
-from hepgan.parallel.distributed import initialize
+from hepgan.parallel.distributed import initialize, planned_launch
 
 
 @pytest.mark.parametrize(
@@ -78,6 +78,17 @@ def test_initialize_single_process_does_nothing():
         initialize(ParallelConfig(launcher="slurm"), env={})
     with pytest.raises(ValueError, match="mpirun"):
         initialize(ParallelConfig(launcher="mpi"), env={})
+
+
+def test_planned_launch_is_the_layout_initialize_joins():
+    mpich = {"PMI_RANK": "1", "PMI_SIZE": "2"}
+    assert planned_launch(ParallelConfig(launcher="none"), env=mpich).process_id == 0
+    assert planned_launch(ParallelConfig(), env=mpich).process_id == 1  # auto: the launcher's rank
+    assert planned_launch(ParallelConfig(launcher="mpi"), env=mpich).process_id == 1
+    explicit = ParallelConfig(launcher="explicit", num_processes=3, process_id=2, coordinator_address="h:1")
+    assert (planned_launch(explicit, env=mpich).process_id, planned_launch(explicit).num_processes) == (2, 3)
+    with pytest.raises(ValueError, match="srun"):
+        planned_launch(ParallelConfig(launcher="slurm"), env=mpich)
 
 
 @pytest.mark.parametrize(

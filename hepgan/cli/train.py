@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,19 +47,15 @@ def _fail(run_dir: Path, cfg: DictConfig, status: str, exc: Exception, code: int
 
 def _process_id(cfg: DictConfig) -> int:
     """This process's index in a multi-process run, read without starting JAX (the error paths may run
-    before or without :func:`hepgan.parallel.setup`): the explicit layout, else the launcher's
-    environment (Slurm, Open MPI, MPICH, jsrun), else 0."""
-    from hepgan.parallel.distributed import detect_launch
+    before or without :func:`hepgan.parallel.setup`): :func:`hepgan.parallel.distributed.planned_launch`
+    of the run's ``parallel`` settings, 0 where those are themselves what failed."""
+    from hepgan.parallel.config import ParallelConfig
+    from hepgan.parallel.distributed import planned_launch
 
-    par = cfg.get("parallel") or {}
     try:
-        pid = par.get("process_id")
-        if par.get("launcher") == "explicit" and pid is not None:
-            return int(pid)
-        if par.get("launcher") == "none":
-            return 0
-        return detect_launch().process_id
-    except (ValueError, TypeError):  # a malformed layout is itself the error being reported
+        par = OmegaConf.merge(OmegaConf.structured(ParallelConfig), cfg.get("parallel") or {})
+        return planned_launch(cast(ParallelConfig, OmegaConf.to_object(par))).process_id
+    except Exception:  # a malformed layout is itself the error being reported
         return 0
 
 

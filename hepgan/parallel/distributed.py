@@ -101,12 +101,43 @@ def _visible_gpu_ids(env: Mapping[str, str]) -> list[str] | None:
     return None
 
 
+def planned_launch(cfg: ParallelConfig, env: Mapping[str, str] | None = None) -> Launch:
+    """This process's place in the run as ``cfg`` and the launcher's environment describe it, read
+    without starting JAX or MPI: ``launcher="none"`` is one process; ``"explicit"`` is the configured
+    ``process_id`` of ``num_processes``; otherwise the launcher found in ``env`` (default ``os.environ``).
+
+    Raises ``ValueError`` for a launcher asked for but not found (``parallel.launcher=slurm`` outside a
+    Slurm job step, ``parallel.launcher=mpi`` without an MPI launcher) or a malformed layout. This is the
+    layout :func:`initialize` then joins; error paths that run before it use it to know their rank.
+    """
+    cfg.validate()
+    env = os.environ if env is None else env
+    if cfg.launcher == "none":
+        return Launch("none", 0, 1, 0)
+    if cfg.launcher == "explicit":
+        assert cfg.num_processes is not None and cfg.process_id is not None  # validated
+        return Launch("explicit", cfg.process_id, cfg.num_processes, None)
+    launch = detect_launch(env)
+    if cfg.launcher == "slurm" and launch.launcher != "slurm":
+        raise ValueError(
+            "parallel.launcher=slurm but no Slurm job step was found (SLURM_JOB_ID, SLURM_STEP_NODELIST, "
+            "SLURM_PROCID); start the training with srun inside the allocation"
+        )
+    if cfg.launcher == "mpi" and launch.launcher not in MPI_LAUNCHERS:
+        raise ValueError(
+            "parallel.launcher=mpi but no MPI launcher was found (OMPI_COMM_WORLD_RANK, PMI_RANK or "
+            "JSM_NAMESPACE_RANK); start the training with mpirun, mpiexec or jsrun"
+        )
+    return launch
+
+
 def initialize(cfg: ParallelConfig, env: Mapping[str, str] | None = None) -> Launch:
     """Join the other processes of a multi-host run (``jax.distributed.initialize``) and describe this one.
 
     Must run before any JAX computation. With ``backend="mpi"`` nothing is initialised: the layout comes
     from MPI (``mpi4py``), each process drives one device, and the gradients meet in mpi4jax calls. Single
-    process runs (no launcher found, ``launcher="none"``) also return without initialising.
+    process runs (no launcher found, ``launcher="none"``) also return without initialising. The layout
+    is :func:`planned_launch`'s.
 
     Device selection per process: with one task per GPU the launcher usually leaves each process one
     visible GPU; jax's own detection would then ask for the GPU numbered by the local rank, which does not
@@ -121,25 +152,11 @@ def initialize(cfg: ParallelConfig, env: Mapping[str, str] | None = None) -> Lau
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
         return Launch("mpi", comm.Get_rank(), comm.Get_size(), local)
 
+    launch = planned_launch(cfg, env)
     if cfg.launcher == "none":
-        return Launch("none", 0, 1, 0)
-    if cfg.launcher == "explicit":
-        assert cfg.num_processes is not None and cfg.process_id is not None  # validated
-        launch = Launch("explicit", cfg.process_id, cfg.num_processes, None)
-    else:
-        launch = detect_launch(env)
-        if cfg.launcher == "slurm" and launch.launcher != "slurm":
-            raise ValueError(
-                "parallel.launcher=slurm but no Slurm job step was found (SLURM_JOB_ID, SLURM_STEP_NODELIST, "
-                "SLURM_PROCID); start the training with srun inside the allocation"
-            )
-        if cfg.launcher == "mpi" and launch.launcher not in MPI_LAUNCHERS:
-            raise ValueError(
-                "parallel.launcher=mpi but no MPI launcher was found (OMPI_COMM_WORLD_RANK, PMI_RANK or "
-                "JSM_NAMESPACE_RANK); start the training with mpirun, mpiexec or jsrun"
-            )
-        if launch.num_processes == 1 and cfg.coordinator_address is None:
-            return launch
+        return launch
+    if cfg.launcher != "explicit" and launch.num_processes == 1 and cfg.coordinator_address is None:
+        return launch
 
     local_ids = cfg.local_device_ids
     visible = _visible_gpu_ids(env)
