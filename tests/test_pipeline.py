@@ -507,6 +507,14 @@ def test_simulated_source_matches_simulate_and_reference_is_disjoint() -> None:
     desc = ref.describe()
     json.dumps(desc)
     assert desc["start"] == REFERENCE_START and desc["seed"] == 2 and desc["n_events"] == 4
+    # a later reference start: a fresh sample of the same stream, its events shifted by the offset
+    later = open_source(cfg, reference_start=REFERENCE_START + 2).reference
+    assert later.describe()["start"] == REFERENCE_START + 2
+    np.testing.assert_array_equal(later.read(np.arange(2)).energy, r.energy[2:])
+    with pytest.raises(ValueError, match="reference_start"):
+        open_source(cfg, reference_start=REFERENCE_START - 1)  # would overlap the training events
+    with pytest.raises(ValueError, match="simulated data only"):
+        open_source(DataConfig(kind="files", paths=["x.h5"]), reference_start=REFERENCE_START)
 
 
 def test_package_exports() -> None:

@@ -707,11 +707,13 @@ class Sources(NamedTuple):
     reference: ShowerSource
 
 
-def open_source(cfg: DataConfig) -> Sources:
+def open_source(cfg: DataConfig, *, reference_start: int | None = None) -> Sources:
     """Build the ``(train, reference)`` sources a :class:`DataConfig` describes.
 
     - ``simulated``: train = events ``[0, n_events)`` of stream ``seed``; reference = events
-      ``[REFERENCE_START, REFERENCE_START + n_reference)`` of the same stream (disjoint by construction).
+      ``[R, R + n_reference)`` of the same stream with ``R = reference_start`` (default and smallest
+      allowed: ``REFERENCE_START``), so the two are disjoint by construction. A later ``R`` gives a fresh
+      reference sample that the run's validation never saw.
     - ``files`` with ``reference_paths``: train = ``paths``, reference = ``reference_paths`` (files in both
       lists are an error).
     - ``files`` without: a fixed random ``reference_fraction`` of the events of ``paths`` (seed
@@ -722,13 +724,21 @@ def open_source(cfg: DataConfig) -> Sources:
         ValueError: a field with an invalid value (the message names it) or mismatched grids.
     """
     if cfg.kind == "simulated":
-        return _open_simulated(cfg)
+        start = REFERENCE_START if reference_start is None else int(reference_start)
+        if start < REFERENCE_START:
+            raise ValueError(
+                f"open_source: reference_start must be >= {REFERENCE_START} (after every training event); "
+                f"got {reference_start}"
+            )
+        return _open_simulated(cfg, start)
     if cfg.kind == "files":
+        if reference_start is not None:
+            raise ValueError("open_source: reference_start applies to simulated data only; data.kind='files'")
         return _open_files(cfg)
     raise ValueError(f"data.kind: expected 'simulated' or 'files'; got {cfg.kind!r}")
 
 
-def _open_simulated(cfg: DataConfig) -> Sources:
+def _open_simulated(cfg: DataConfig, reference_start: int) -> Sources:
     get_geometry(cfg.geometry)  # a clear error for an unknown name before anything else
     for name in ("n_events", "n_reference"):
         v = getattr(cfg, name)
@@ -760,7 +770,7 @@ def _open_simulated(cfg: DataConfig) -> Sources:
             workers=cfg.workers,
         )
 
-    return Sources(train=make(cfg.n_events, 0), reference=make(cfg.n_reference, REFERENCE_START))
+    return Sources(train=make(cfg.n_events, 0), reference=make(cfg.n_reference, reference_start))
 
 
 def _open_files(cfg: DataConfig) -> Sources:

@@ -151,9 +151,10 @@ def evaluate_checkpoint(
     players, state, preprocess, conf = restore_run(root, best=best, step=step)
     data = conf.data
     if data.kind == "simulated":
-        source = open_source(dataclasses.replace(data, n_events=1, n_reference=n_events)).reference
         # the same simulator stream, past the validation events: event i depends only on (seed, start + i)
-        source.start = REFERENCE_START + data.n_reference + seed * _FRESH_SEED_STRIDE  # type: ignore[attr-defined]
+        fresh = REFERENCE_START + data.n_reference + seed * _FRESH_SEED_STRIDE
+        only_reference = dataclasses.replace(data, n_events=1, n_reference=n_events)
+        source = open_source(only_reference, reference_start=fresh).reference
         reference = source.read(np.arange(n_events))
     else:
         source = open_source(data).reference
