@@ -11,7 +11,7 @@ import jax
 import pytest
 from flax import nnx
 
-from hepgan.bench.scaling import KEEP_MEMORY, _launch, summarize, worker
+from hepgan.bench.scaling import KEEP_MEMORY, _launch, run, summarize, worker
 from hepgan.models import ModelConfig, build
 
 
@@ -78,3 +78,9 @@ def test_summary_median_and_range_over_repeats():
     assert flat["configuration"] == "weak mpi/flat x2" and flat["efficiency"] == [0.9, 0.99, 0.96]
     assert (flat["efficiency_median"], flat["efficiency_min"], flat["efficiency_max"]) == (0.96, 0.9, 0.99)
     assert flat["step_s_median"] == 2.2 and tree["efficiency"] == [0.5]
+
+
+@pytest.mark.parametrize("batch", [0, -4])
+def test_driver_rejects_a_batch_below_one_before_launching_anything(batch):
+    with pytest.raises(ValueError, match="per_device_batch must be at least 1"):
+        run(per_device_batch=batch)

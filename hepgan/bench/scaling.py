@@ -363,7 +363,11 @@ def _launch(
 
 
 def run(
-    quick: bool = False, profile: str | None = None, repeats: int = 3, glibc_tunables: str = KEEP_MEMORY
+    quick: bool = False,
+    profile: str | None = None,
+    repeats: int = 3,
+    glibc_tunables: str = KEEP_MEMORY,
+    per_device_batch: int | None = None,
 ) -> dict[str, Any]:
     """Weak and strong scaling on this machine's cores for the xla, shard_map and mpi backends.
 
@@ -373,10 +377,14 @@ def run(
     each configuration's median efficiency over its repeats with the smallest and largest.
     ``glibc_tunables``: the malloc settings of every worker, the baseline's included (``""``: glibc's
     defaults).
+    ``per_device_batch``: showers per worker and step in weak scaling, and the one-worker batch that
+    strong scaling splits (default 8; 4 with ``quick``).
     Returns the JSON-able result (configurations, per-step times, efficiencies, summary, machine load).
     """
     size = "tiny" if quick else "paper"
-    per_dev = 4 if quick else 8
+    per_dev = (4 if quick else 8) if per_device_batch is None else per_device_batch
+    if per_dev < 1:
+        raise ValueError(f"scaling benchmark: per_device_batch must be at least 1; got {per_dev}")
     steps, warmup = (3, 1) if quick else (8, 2)
     repeats = 1 if quick else max(1, repeats)
     counts = [n for n in (2, 4, 8) if n <= (os.cpu_count() or 1)] or [2]
@@ -435,6 +443,7 @@ def run(
             "step": "hepgan.train.step.make_step",
         },
         "threads_per_worker": 1,
+        "per_device_batch": per_dev,
         "glibc_tunables": glibc_tunables,
         "repeats": repeats,
         "baseline": base,
@@ -566,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=3, help="paired repeats of the goal's weak-scaling configurations"
     )
     p.add_argument(
+        "--per-device-batch",
+        type=int,
+        default=None,
+        help="showers per worker and step (weak; strong scaling splits it); default 8, 4 with --quick",
+    )
+    p.add_argument(
         "--glibc-tunables",
         default=KEEP_MEMORY,
         help="GLIBC_TUNABLES of every worker, the baseline's included ('' for glibc's defaults)",
@@ -581,7 +596,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hepgan.bench.common import write_result
 
-    result = run(quick=a.quick, profile=a.profile, repeats=a.repeats, glibc_tunables=a.glibc_tunables)
+    result = run(
+        quick=a.quick,
+        profile=a.profile,
+        repeats=a.repeats,
+        glibc_tunables=a.glibc_tunables,
+        per_device_batch=a.per_device_batch,
+    )
     path = write_result("scaling", result, a.out)
     for c in result["summary"]:
         effs = ", ".join(f"{100 * e:.1f}" for e in c["efficiency"])
