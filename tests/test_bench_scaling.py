@@ -72,12 +72,21 @@ def test_summary_median_and_range_over_repeats():
     base = {"backend": "mpi", "mpi_reduce": "flat", "workers": 2, "global_batch": 16, "mode": "weak"}
     base |= {"reduce_s": 0.004, "input_wait_s": 0.001, "bytes_reduced_per_step": 8}
     base["allreduce_calls_per_step"] = 4
-    runs = [{**base, "efficiency": e, "step_s": t} for e, t in ((0.9, 2.3), (0.99, 2.1), (0.96, 2.2))]
-    runs.append({**base, "mpi_reduce": "tree", "efficiency": 0.5, "step_s": 4.0})
-    flat, tree = summarize(runs)
+    runs = [
+        {**base, "efficiency": e, "step_s": t, "baseline_step_s": b}
+        for e, t, b in ((0.9, 2.3, 2.0), (0.99, 2.1, 2.2), (0.96, 2.2, 2.1))
+    ]
+    runs.append({**base, "mpi_reduce": "tree", "efficiency": 0.5, "step_s": 4.0, "baseline_step_s": 1.9})
+    runs.append({**base, "mode": "strong", "efficiency": 0.8, "step_s": 1.25, "baseline_step_s": 2.05})
+    flat, tree, strong = summarize(runs)
     assert flat["configuration"] == "weak mpi/flat x2" and flat["efficiency"] == [0.9, 0.99, 0.96]
     assert (flat["efficiency_median"], flat["efficiency_min"], flat["efficiency_max"]) == (0.96, 0.9, 0.99)
     assert flat["step_s_median"] == 2.2 and tree["efficiency"] == [0.5]
+    # pooled: the median of all five baselines (2.05 s) over the configuration's median step time
+    assert flat["efficiency_pooled"] == pytest.approx(2.05 / 2.2)
+    assert tree["efficiency_pooled"] == pytest.approx(2.05 / 4.0)
+    assert strong["configuration"] == "strong mpi/flat x2"
+    assert strong["efficiency_pooled"] == pytest.approx(2.05 / (2 * 1.25))
 
 
 @pytest.mark.parametrize("batch", [0, -4])

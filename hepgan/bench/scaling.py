@@ -458,7 +458,8 @@ def run(
             "T_1 / (N T_N) at fixed global batch; independent = N non-communicating single-device workers "
             "at once (the machine's own ceiling); efficiency_vs_independent = weak efficiency / the "
             "independent one of the same repeat; reduce_s times the step's gradient all-reduces alone; "
-            "compute_s = step - input wait - reduce; summary: median (min, max) over the repeats; "
+            "compute_s = step - input wait - reduce; summary: median (min, max) over the repeats, and "
+            "efficiency_pooled = median of all baselines / the configuration's median step time; "
             "shard_map/xla processes pin each device's compute thread to its own core (pinned_threads); "
             "every worker, the baseline's included, runs with GLIBC_TUNABLES = glibc_tunables"
         ),
@@ -474,13 +475,21 @@ def _label(r: dict[str, Any]) -> str:
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per configuration (mode, backend, reduction, workers): the efficiencies of its repeats, their
-    median, smallest and largest, and the median step, reduction and input-wait times in seconds."""
+    median, smallest and largest, and the median step, reduction and input-wait times in seconds.
+
+    ``efficiency_pooled`` compares medians instead of pairs: the median of every baseline of the run
+    (``baseline_step_s`` of all runs) over this configuration's median step time (strong scaling: times
+    the workers). One unusually slow or fast baseline moves a paired efficiency but hardly the pooled
+    one; drift over the run moves the pooled one more."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault(_label(r), []).append(r)
+    t1 = statistics.median(r["baseline_step_s"] for r in runs) if runs else float("nan")
     out = []
     for label, rs in groups.items():
         effs = [r["efficiency"] for r in rs]
+        step = statistics.median(r["step_s"] for r in rs)
+        workers = rs[0]["workers"] if rs[0]["mode"] == "strong" else 1
         out.append(
             {
                 "configuration": label,
@@ -493,7 +502,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "efficiency_median": statistics.median(effs),
                 "efficiency_min": min(effs),
                 "efficiency_max": max(effs),
-                "step_s_median": statistics.median(r["step_s"] for r in rs),
+                "efficiency_pooled": t1 / (workers * step),
+                "step_s_median": step,
                 "reduce_s_median": statistics.median(r["reduce_s"] for r in rs),
                 "input_wait_s_median": statistics.median(r["input_wait_s"] for r in rs),
                 "bytes_reduced_per_step": rs[0]["bytes_reduced_per_step"],
