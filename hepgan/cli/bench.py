@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "hepgan.bench.train",
     "startup": "hepgan.bench.startup",
     "scaling": "hepgan.bench.scaling",
+    "interference": "hepgan.bench.interference",
 }
 
 
