@@ -89,3 +89,9 @@ def test_run_needs_two_cores(monkeypatch):
     monkeypatch.setattr(interference.os, "sched_getaffinity", lambda pid: {0})
     with pytest.raises(RuntimeError, match="needs 2 cores"):
         interference.run()
+
+
+@pytest.mark.skipif(len(CORES) < 2, reason="needs 2 cores")
+def test_run_rejects_a_batch_below_one_before_launching_anything():
+    with pytest.raises(ValueError, match="per_device_batch must be at least 1"):
+        interference.run(per_device_batch=0)

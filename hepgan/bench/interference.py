@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hepgan.bench.scaling import KEEP_MEMORY, _launch
+from hepgan.bench.scaling import KEEP_MEMORY, _launch, per_device_batch_or_default
 
 DRAM_BYTES = 512 * 2**20  # per array: far larger than any last-level cache
 _COPY_LOOP = (
@@ -109,7 +109,7 @@ def run(quick: bool = False, repeats: int = 3, per_device_batch: int | None = No
             f"interference benchmark: needs 2 cores (one for the worker, one for the neighbour); "
             f"this process may use {len(cores)} ({cores})"
         )
-    batch = per_device_batch or (4 if quick else 8)
+    batch = per_device_batch_or_default(per_device_batch, quick)
     kw: dict[str, Any] = {
         "size": "tiny" if quick else "paper",
         "conv_impl": "auto",

@@ -362,6 +362,15 @@ def _launch(
         return res
 
 
+def per_device_batch_or_default(per_device_batch: int | None, quick: bool) -> int:
+    """The showers per worker and step of a benchmark run: ``per_device_batch``, else 8 (4 with
+    ``quick``). Raises ``ValueError`` below 1, before anything is launched."""
+    batch = (4 if quick else 8) if per_device_batch is None else per_device_batch
+    if batch < 1:
+        raise ValueError(f"scaling benchmark: per_device_batch must be at least 1; got {batch}")
+    return batch
+
+
 def run(
     quick: bool = False,
     profile: str | None = None,
@@ -382,9 +391,7 @@ def run(
     Returns the JSON-able result (configurations, per-step times, efficiencies, summary, machine load).
     """
     size = "tiny" if quick else "paper"
-    per_dev = (4 if quick else 8) if per_device_batch is None else per_device_batch
-    if per_dev < 1:
-        raise ValueError(f"scaling benchmark: per_device_batch must be at least 1; got {per_dev}")
+    per_dev = per_device_batch_or_default(per_device_batch, quick)
     steps, warmup = (3, 1) if quick else (8, 2)
     repeats = 1 if quick else max(1, repeats)
     counts = [n for n in (2, 4, 8) if n <= (os.cpu_count() or 1)] or [2]
