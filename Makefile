@@ -17,12 +17,19 @@ MPI_BUILD_ENV := env -u CUDA_HOME -u CUDA_PATH PATH=$(abspath $(VENV))/bin:/usr/
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt: the exact versions the test suite last passed with (make reinstalls them; pyproject
+# keeps ranges). HEPGAN_CONSTRAINTS= (empty) installs the newest versions the ranges allow.
+HEPGAN_CONSTRAINTS ?= constraints.txt
+CONSTRAINTS := $(if $(HEPGAN_CONSTRAINTS),-c $(HEPGAN_CONSTRAINTS))
+
+$(STAMP): pyproject.toml $(HEPGAN_CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q "mpi4py>=4.0" "mpich>=4.2" nanobind cython
-	$(PY) -c "import mpi4jax" 2>/dev/null || $(MPI_BUILD_ENV) $(PY) -m pip install -q --no-build-isolation "mpi4jax>=0.5"
-	$(PY) -m pip install -q -e ".[mpi,hpo,dev]"
+	# jax (from the package's own dependencies) must be installed before mpi4jax is built: its build
+	# asks the installed jax for the FFI headers. So: hepgan and its extras first, then mpi4jax.
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[hpo,dev]" "mpi4py>=4.0" "mpich>=4.2" nanobind cython
+	$(PY) -c "import mpi4jax" 2>/dev/null || $(MPI_BUILD_ENV) $(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation "mpi4jax>=0.5"
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[mpi,hpo,dev]"
 	touch $(STAMP)
 
 # The default training: a small 3DGAN on the built-in simulated showers (about 6.5 min on 2 CPU cores).
