@@ -2,15 +2,22 @@
 
 Everything after the program name is Hydra's: overrides (``train.batch_size=64``), group choices
 (``model=fixed25_paper``, ``experiment=paper_fixed25``), ``-m`` for sweeps, ``--cfg job`` to print the
-config. The run directory is ``out`` (default ``runs/<date>_<time>``; under ``-m`` one subdirectory per
-job). ``result.json`` there holds ``status``, ``objective`` (the final ``physics_score``, lower is
-better), ``metrics`` and ``paths``, for sweeps to collect.
+config. The run directory is ``out`` (default: derived from the scheduler's job id, so that a requeued
+job resumes its own run, else ``runs/<date>_<time>``; see :mod:`hepgan.train.rundir`; under ``-m`` one
+subdirectory per job). ``result.json`` there holds ``status`` (``ok``, ``preempted``, ``nonfinite``,
+``error``), ``objective`` (the final ``physics_score``, lower is better), ``metrics`` and ``paths``, for
+sweeps to collect.
+
+Exit codes: 0 done (also: the run had finished already), 1 bad input or an unwritable/full disk,
+3 training diverged, 75 stopped by SIGTERM/SIGUSR1/SIGINT after checkpointing (``EX_TEMPFAIL``: run the
+same command again to resume; the Slurm and LSF templates requeue on it).
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -21,28 +28,89 @@ from omegaconf import DictConfig, OmegaConf
 
 from hepgan.train.config import check_overrides
 
-# exit codes: 1 bad input, 3 training diverged
-EXIT_USAGE, EXIT_NONFINITE = 1, 3
+# exit codes: 1 bad input (or a disk that cannot be written), 3 training diverged, 75 pre-empted
+EXIT_USAGE, EXIT_NONFINITE, EXIT_PREEMPTED = 1, 3, 75
+# errors of the file system rather than of the run: reported in one paragraph, no traceback
+_DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+}
 
 
-def _write_result(run_dir: Path, result: dict[str, Any], process_id: int = 0) -> Path:
+def _write_result(run_dir: Path, result: dict[str, Any], process_id: int = 0) -> Path | None:
     """``result.json`` (process 0) or ``result.rank<K>.json`` (process K of a multi-process run, which
     writes only when it fails: the main process's file is the run's result, and a failure seen by one
-    rank alone is kept beside it instead of overwriting it)."""
+    rank alone is kept beside it instead of overwriting it). Written atomically; None when the disk
+    refuses (full, read-only): the previous file is then left as it was."""
+    from hepgan.fileio import write_json
+
     path = run_dir / ("result.json" if process_id == 0 else f"result.rank{process_id}.json")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    return path
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return write_json(path, result, default=float)
+    except OSError as exc:
+        print(f"hepgan-train: could not write {path} ({exc.strerror or exc})", file=sys.stderr)
+        return None
 
 
-def _fail(run_dir: Path, cfg: DictConfig, status: str, exc: Exception, code: int) -> None:
-    """Record a failed run (``status`` ``nonfinite`` or ``error``) and exit with ``code``: every process
-    prints the error; process 0 writes ``result.json``, another process ``result.rank<K>.json``."""
+def _fail(run_dir: Path, cfg: DictConfig, status: str, exc: BaseException, code: int, **fields: Any) -> None:
+    """Record a stopped run (``status`` ``nonfinite``, ``error`` or ``preempted``) and exit with ``code``:
+    every process prints the message; process 0 writes ``result.json``, another process
+    ``result.rank<K>.json`` (a pre-empted run: process 0 only, all processes stop at the same step).
+    A finished run's ``result.json`` is never replaced by an error."""
     pid = _process_id(cfg)
-    _write_result(run_dir, {"status": status, "objective": None, "error": str(exc), "process": pid}, pid)
+    finished = _read_status(run_dir / "result.json") == "ok" and status == "error"
+    if (pid == 0 or status != "preempted") and not finished:
+        result = {"status": status, "objective": None, "error": str(exc), "process": pid, **fields}
+        _write_result(run_dir, result, pid)
     prefix = "hepgan-train" if pid == 0 else f"hepgan-train (process {pid})"
     print(f"{prefix}: {exc}", file=sys.stderr)
     sys.exit(code)
+
+
+def _read_status(path: Path) -> str | None:
+    """The ``status`` of a result file, or None (missing, unreadable)."""
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+    """The file-system error (full, read-only, not a folder...) behind ``exc``, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _check_out(argv: list[str]) -> None:
+    """Fail before any set-up when the run directory cannot be created: its nearest existing parent
+    must be a writable folder. ``argv``: the command line (an ``out=`` override, else the default)."""
+    out = next(
+        (a.split("=", 1)[1] for a in reversed(argv) if a.startswith(("out=", "+out=", "++out="))), None
+    )
+    path = Path(out if out and "${" not in out else "runs").absolute()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"out={out or path}: {parent} is a file, not a folder; the run directory cannot be made"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"out={out or path}: the folder {parent} is not writable; give out= a writable place"
+        )
 
 
 def _process_id(cfg: DictConfig) -> int:
@@ -61,7 +129,7 @@ def _process_id(cfg: DictConfig) -> int:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
-    from hepgan.train.loop import NonFiniteError, fit
+    from hepgan.train.loop import NonFiniteError, Preempted, fit
 
     # Orbax logs every save at INFO, JAX its backend probing; the run's own log stays readable without them
     for noisy in ("absl", "jax._src.xla_bridge"):
@@ -71,17 +139,29 @@ def _hydra_main(cfg: DictConfig) -> float:
     cfg.out = str(run_dir)  # under -m each job has its own directory
     try:
         result = fit(cfg)
+    except Preempted as exc:
+        _fail(run_dir, cfg, "preempted", exc, EXIT_PREEMPTED, step=exc.step, signal=exc.signum)
     except NonFiniteError as exc:
         _fail(run_dir, cfg, "nonfinite", exc, EXIT_NONFINITE)
     except (ValueError, FileNotFoundError) as exc:
         _fail(run_dir, cfg, "error", exc, EXIT_USAGE)
+    except Exception as exc:
+        disk = _disk_error(exc)
+        if disk is None:
+            raise
+        where = f" ({disk.filename})" if disk.filename else ""
+        message = (
+            f"the disk refused a write{where}: {disk.strerror or disk}. Every checkpoint saved before "
+            "stays intact; free space or fix the permissions and rerun the same command to resume"
+        )
+        _fail(run_dir, cfg, "error", RuntimeError(message), EXIT_USAGE)
     if not result["is_main"]:  # under srun/mpirun every rank trains; one writes the result
         return float(result["objective"])
-    summary = {
-        k: result[k]
-        for k in ("status", "objective", "metrics", "best", "initial", "step", "epoch", "timing", "paths")
-    }
+    keys = ("status", "objective", "metrics", "best", "initial", "step", "epoch", "timing", "paths")
+    summary = {k: result.get(k) for k in (*keys, "report_error")}
     path = _write_result(run_dir, summary)
+    if result.get("report_error"):
+        print(f"hepgan-train: the validation report failed: {result['report_error']}", file=sys.stderr)
     p = result["paths"]
     print(
         f"hepgan-train: done after {result['step']} steps; physics_score {result['objective']:.4f} "
@@ -102,6 +182,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
     try:
+        _check_out(args)
         check_overrides(args)
     except ValueError as exc:
         print(f"hepgan-train: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -140,6 +141,22 @@ class Parallel:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("hepgan.parallel.barrier")
+
+    def max_over_processes(self, value: int) -> int:
+        """The largest ``value`` over all processes (``value`` itself in a single process).
+
+        A collective: every process must call it at the same point (the trainer uses it to agree on
+        a stop signal that reached only some processes).
+        """
+        if self.process_count == 1:
+            return int(value)
+        if self.backend == "mpi":
+            from mpi4py import MPI
+
+            return int(MPI.COMM_WORLD.allreduce(int(value), op=MPI.MAX))
+        from jax.experimental import multihost_utils
+
+        return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
     def host_mean(self, tree: Any) -> Any:
         """Mean over workers of host values (e.g. the mpi backend's per-process metrics), outside jit."""

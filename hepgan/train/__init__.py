@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NonFiniteError", "compile_step", "compose", "evaluate_checkpoint", "fit"]
+__all__ = ["NonFiniteError", "Preempted", "compile_step", "compose", "evaluate_checkpoint", "fit"]
 
 
 def __getattr__(name: str) -> Any:
     # loaded on first use: importing hepgan.train should not pull in Hydra, Orbax and the models
-    if name in ("fit", "NonFiniteError"):
+    if name in ("fit", "NonFiniteError", "Preempted"):
         from hepgan.train import loop
 
         return getattr(loop, name)

@@ -91,18 +91,30 @@ class Checkpointer:
         )
 
     def save(self, step: int, state: GANState, extra: dict[str, Any]) -> None:
-        """Save ``state`` at ``step`` with ``extra`` (JSON-able); the fingerprint is added to ``extra``."""
+        """Save ``state`` at ``step`` with ``extra`` (JSON-able); the fingerprint is added to ``extra``.
+
+        A step that is already saved is left as it is: a run resumed at step ``s`` first drops every save
+        newer than ``s`` (:meth:`discard_after`), so an existing step is the one it restored, or one an
+        earlier attempt wrote from the same state (resume is bitwise).
+        """
         # One save in flight at a time: keeps memory bounded, and under jax.distributed the two managers
         # would otherwise run Orbax's step-named barriers for the same step at once and collide.
         self.wait()
+        if step in self.latest.all_steps():
+            return
         extra = {**extra, "fingerprint": fingerprint(state)}
         self.latest.save(step, args=self._args(state, extra), force=True)
 
     def save_best(self, step: int, state: GANState, extra: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Offer ``state`` as the best checkpoint; kept if its ``physics_score`` is the lowest so far."""
+        """Offer ``state`` as the best checkpoint; kept if its ``physics_score`` is the lowest so far.
+
+        A step already in ``best/`` is left as it is (see :meth:`save`).
+        """
         if self.best is None or not np.isfinite(metrics.get(SCORE, np.nan)):
             return
         self.wait()  # see save()
+        if step in self.best.all_steps():
+            return
         extra = {**extra, "fingerprint": fingerprint(state), "metrics": metrics}
         self.best.save(
             step, args=self._args(state, extra), metrics={SCORE: float(metrics[SCORE])}, force=True
@@ -112,8 +124,33 @@ class Checkpointer:
         """Newest saved step, or None."""
         return self.latest.latest_step()
 
+    def discard_after(self, step: int) -> list[str]:
+        """Delete every save newer than ``step`` (``-1``: all), in ``checkpoints/`` and ``best/``.
+
+        A run that resumes at ``step`` will write those steps again, bitwise equal; what an interrupted
+        attempt left there (a best save without its latest save, a save after a damaged one, the
+        checkpoints of a crashed first interval) would otherwise block those saves. Returns the deleted
+        folders, for the log.
+        """
+        deleted = []
+        for manager in (self.latest, self.best):
+            if manager is None:
+                continue
+            manager.wait_until_finished()
+            manager.reload()
+            for s in sorted(manager.all_steps()):
+                if s > step:
+                    manager.delete(s)
+                    deleted.append(f"{manager.directory}/{s}")
+        return deleted
+
     def restore(
-        self, template: GANState, *, best: bool = False, step: int | None = None
+        self,
+        template: GANState,
+        *,
+        best: bool = False,
+        step: int | None = None,
+        model: str | None = None,
     ) -> tuple[GANState, dict[str, Any]] | None:
         """The newest checkpoint that restores and verifies (or the best, with ``best``), else None.
 
@@ -121,6 +158,8 @@ class Checkpointer:
         one). A damaged checkpoint is logged as a warning and skipped. ``step``: exactly that saved step
         instead (of ``best/`` with ``best``); a missing step raises ``FileNotFoundError`` listing the saved
         ones, a damaged one ``ValueError`` (no fallback to another step when one was asked for).
+        ``model``: the template's model as ``"<arch>/<size>"``; a checkpoint saved with another model
+        (``extra["model"]``) raises ``ValueError("model mismatch: ...")`` instead of being taken for damage.
         """
         manager = self.best if best else self.latest
         if manager is None:
@@ -135,6 +174,14 @@ class Checkpointer:
                 )
             steps = [step]
         for s in steps:
+            if model is not None:
+                saved = _saved_model(Path(manager.directory) / str(s))
+                if saved is not None and saved != model:
+                    raise ValueError(
+                        f"model mismatch: checkpoint {manager.directory}/{s} holds model {saved}, the "
+                        f"config asks for {model}; give the run directory of a {model} model, or the "
+                        f"model={saved.replace('/', '_')} settings"
+                    )
             try:
                 out = manager.restore(
                     s,
@@ -178,6 +225,25 @@ class Checkpointer:
             self.best.close()
 
 
+def _saved_model(step_dir: Path) -> str | None:
+    """``"<arch>/<size>"`` recorded in a checkpoint's ``extra``, or None (older checkpoints, damage)."""
+    import json
+
+    for path in (step_dir / "extra" / "metadata", step_dir / "extra"):
+        if path.is_file():
+            try:
+                model = json.loads(path.read_text()).get("model")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return model if isinstance(model, str) else None
+    return None
+
+
+def model_tag(model_cfg: Any) -> str:
+    """The ``"<arch>/<size>"`` a checkpoint records for the model config ``model_cfg``."""
+    return f"{model_cfg.arch}/{model_cfg.size}"
+
+
 def restore_run(
     run_dir: str | Path, *, best: bool = False, step: int | None = None
 ) -> tuple[Any, GANState, Any, Any]:
@@ -219,7 +285,7 @@ def restore_run(
     template, players = init_state(g, d, opt.g_tx, opt.d_tx, conf.train.seed)
     ckpt = Checkpointer(run_dir, keep_last=max(conf.train.keep_last, 1), keep_best=True)
     try:
-        restored = ckpt.restore(template, best=best, step=step)
+        restored = ckpt.restore(template, best=best, step=step, model=model_tag(conf.model))
     finally:
         ckpt.close()
     if restored is None:

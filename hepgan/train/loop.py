@@ -10,9 +10,12 @@ checkpoint (a Slurm requeue is a rerun).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +29,8 @@ from flax import nnx
 from omegaconf import DictConfig
 
 from hepgan.data.types import Showers
-from hepgan.train.checkpoint import Checkpointer
+from hepgan.fileio import write_json, write_text
+from hepgan.train.checkpoint import Checkpointer, model_tag
 from hepgan.train.config import Config, to_config, to_dict
 from hepgan.train.state import GANState, generate, init_state, param_count
 from hepgan.train.step import StepConfig, make_step
@@ -38,18 +42,149 @@ class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or gradient norm (the message names the step range)."""
 
 
-class _Logs:
-    """CSV and TensorBoard writers of one run (train rows and validation rows apart)."""
+class Preempted(RuntimeError):
+    """Training stopped on a signal (SIGTERM, SIGUSR1, SIGINT) after checkpointing its last step.
 
-    def __init__(self, run_dir: Path, cfg: Any):
+    ``signum``: the signal received (by any process of the run); ``step``: the step saved. Rerunning
+    the same command in the same run directory resumes there, bitwise.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: stopped after step {step} and saved it to {checkpoint}; run the same "
+            "command again to resume"
+        )
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+#: what a scheduler sends before pre-emption or the time limit (Slurm --signal, LSF -wa), and Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class _StopSignals:
+    """While installed, the first of :data:`STOP_SIGNALS` is recorded in ``signum`` for the loop to stop
+    cleanly after the current step; a second one of the same kind acts as it normally does (its previous
+    handler is back), so a stuck run can still be ended. Handlers can only be set from the main thread;
+    elsewhere (``fit`` in a worker thread) nothing is installed."""
+
+    def __init__(self, enabled: bool):
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if not self.signum:
+            self.signum = signum
+            log.warning(
+                "%s received: stopping after this step with a checkpoint (send it again to end at once)",
+                signal.Signals(signum).name,
+            )
+        signal.signal(signum, self.previous[signum])
+
+    def restore(self) -> None:
+        """Put the previous handlers back (idempotent)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+#: model and data settings that may change between attempts of one run folder (they leave the
+#: checkpoints and the training events as they are)
+_FREE_DATA_KEYS = ("prefetch", "cache_dir", "workers")
+
+
+def config_fingerprint(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder's checkpoints depend on: the resolved ``model`` and ``data`` settings (the data
+    without :data:`_FREE_DATA_KEYS`), and their SHA-256. ``config``: a resolved config dict."""
+    import hashlib
+
+    part = {
+        "model": config.get("model", {}),
+        "data": {k: v for k, v in config.get("data", {}).items() if k not in _FREE_DATA_KEYS},
+    }
+    digest = hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()
+    return {"sha256": digest, **part}
+
+
+def _check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to reuse a run folder whose manifest has other model or data settings (its checkpoints
+    could not be restored, and the folder would silently mix two models)."""
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return
+    try:
+        first = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc}); it is not a run folder hepgan can resume") from None
+    old, new = config_fingerprint(first), config_fingerprint(config)
+    if old["sha256"] == new["sha256"]:
+        return
+    diffs = []
+    for group in ("model", "data"):
+        for key in sorted(set(old[group]) | set(new[group])):
+            a, b = old[group].get(key), new[group].get(key)
+            if a != b:
+                diffs.append(f"{group}.{key}: folder {a!r}, config {b!r}")
+    raise ValueError(
+        f"run folder {run_dir} holds a run of another model or data config ("
+        + "; ".join(diffs[:6])
+        + ("; ..." if len(diffs) > 6 else "")
+        + "). Resuming it would mix two runs: give another out=, or delete the folder to start afresh"
+    )
+
+
+def _trim_csv(path: Path, last_step: int) -> None:
+    """Keep the header and the rows of steps <= ``last_step`` of a log CSV (a resumed run writes the
+    later ones again); a torn last line (no newline: a kill or a full disk mid-write) is dropped."""
+    if not path.exists():
+        return
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    rows = list(csv.reader(io.StringIO("".join(lines))))
+    if not rows:
+        write_text(path, "")
+        return
+    header, kept = rows[0], [rows[0]]
+    for row in rows[1:]:
+        try:
+            ok = len(row) == len(header) and int(float(row[0])) <= last_step
+        except ValueError:
+            ok = False
+        if ok:
+            kept.append(row)
+    out = io.StringIO()
+    csv.writer(out).writerows(kept)
+    if len(kept) != len(rows) or len(lines) != len(text.splitlines()):
+        write_text(path, out.getvalue())
+
+
+class _Logs:
+    """CSV and TensorBoard writers of one run (train rows and validation rows apart).
+
+    ``resume_step``: the step the run resumes from (-1: a fresh start); log rows and TensorBoard events
+    after it, which an interrupted attempt wrote, are dropped (the resumed run writes them again).
+    """
+
+    def __init__(self, run_dir: Path, cfg: Any, resume_step: int = -1):
         self.files: dict[str, Any] = {}
         self.writers: dict[str, csv.DictWriter] = {}
         self.run_dir, self.use_csv = run_dir, cfg.csv
+        if cfg.csv:
+            for kind in ("train", "val"):
+                _trim_csv(run_dir / f"{kind}.csv", resume_step)
         self.tb = None
         if cfg.tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            # purge_step: TensorBoard drops the events an interrupted attempt logged after resume_step
+            purge = resume_step + 1 if (run_dir / "tb").exists() else None
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
     def write(self, kind: str, step: int, row: dict[str, float]) -> None:
         if self.tb is not None:
@@ -73,10 +208,48 @@ class _Logs:
         self.files[kind].flush()
 
     def close(self) -> None:
+        """Close the files (idempotent; a later :meth:`write` reopens the CSV files)."""
         for f in self.files.values():
             f.close()
+        self.files.clear()
+        self.writers.clear()
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
+
+
+FIT_RESULT = "fit_result.json"
+
+
+def _finished_result(run_dir: Path, resume_step: int, total_steps: int) -> dict[str, Any] | None:
+    """The stored result of a run that finished at ``total_steps`` (restored there), else None."""
+    if resume_step != total_steps:
+        return None
+    try:
+        result = json.loads((run_dir / FIT_RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(result, dict) and result.get("status") == "ok" and result.get("step") == resume_step:
+        return result
+    return None
+
+
+def _write_final_report(
+    run_dir: Path,
+    generated: Showers,
+    reference: Showers,
+    metrics: list[str] | None,
+    history: list[dict[str, Any]],
+    title: str,
+) -> Path:
+    """The end-of-run validation report under ``run_dir/report`` (``metrics``: as ``evaluate``)."""
+    from hepgan.physics.metrics import evaluate
+    from hepgan.physics.report import write_report
+
+    full = {k: float(v) for k, v in evaluate(generated, reference, metrics=metrics).items()}
+    if history:  # the starting point, to show what training changed
+        full.update({f"step0/{k}": history[0][k] for k in ("physics_score", "sf_rel_error")})
+    return write_report(run_dir / "report", generated, reference, full, title=title)
 
 
 def fit(
@@ -84,6 +257,7 @@ def fit(
     *,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
     report: Callable[[int, dict[str, float]], None] | None = None,
+    handle_signals: bool = True,
 ) -> dict[str, Any]:
     """Train the GAN ``cfg`` describes and return the run's result.
 
@@ -91,11 +265,17 @@ def fit(
     ``on_validation(step, metrics)``: called after each validation (a sweep's pruning hook may raise).
     ``report(step, metrics)``: called on the main process after each validation once that step's
     checkpoints are saved; what it raises (``optuna.TrialPruned``) ends the run and propagates.
+    ``handle_signals``: while training, SIGTERM, SIGUSR1 and SIGINT stop the run after the current step
+    with a checkpoint and raise :class:`Preempted` (all processes of a multi-process run stop at the same
+    step); only where ``fit`` runs in the main thread.
     Returns ``{"status", "is_main" (this process writes the run's logs and results), "objective" (final
     physics_score), "metrics" (final validation + last training metrics), "best", "step", "epoch",
-    "history" (validation rows), "timing", "paths"}``.
-    Raises :class:`NonFiniteError` when training diverges (the last good checkpoint is kept), and
-    ``ValueError`` for invalid settings.
+    "history" (validation rows), "timing", "paths", "report_error" (None, or why the report failed:
+    the training and its checkpoints are kept either way)}``. A run folder whose run has finished
+    returns its stored result and changes nothing.
+    Raises :class:`NonFiniteError` when training diverges (the last good checkpoint is kept),
+    :class:`Preempted` on a stop signal, and ``ValueError`` for invalid settings or a run folder of
+    another model or data config.
     """
     # ---- setup ---------------------------------------------------------------------------------------
     from hepgan.data.pipeline import Pipeline, Preprocess
@@ -112,8 +292,14 @@ def fit(
     tc, lc = conf.train, conf.logging
     if tc.on_nonfinite not in ("stop", "rollback"):
         raise ValueError(f"train.on_nonfinite: expected 'stop' or 'rollback'; got {tc.on_nonfinite!r}")
+    if lc.every_steps < 1:
+        raise ValueError(f"logging.every_steps: must be at least 1; got {lc.every_steps}")
     run_dir = Path(conf.out).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the run directory (out={conf.out}): {exc.strerror}") from exc
+    _check_same_run(run_dir, to_dict(conf))
 
     # ---- mesh: processes, the ("data",) mesh and the gradient-reduction backend (docs/parallel.md) -----
     par = parallel_setup(conf.parallel)
@@ -204,11 +390,22 @@ def fit(
     writes = par.backend != "mpi" or par.is_main
     par.barrier()  # nobody saves before every process has opened (and tidied) the checkpoint folder
     extra: dict[str, Any] = {"rollbacks": 0, "history": []}
-    restored = ckpt.restore(state) if tc.resume else None
+    restored = ckpt.restore(state, model=model_tag(model_cfg)) if tc.resume else None
     if restored is not None:
         state, extra = restored
         pipe.restore(extra["data_position"])
         log.info("resumed from %s at step %d", ckpt.latest.directory, int(state.step))
+    resume_step = int(state.step) if restored is not None else -1
+    finished = _finished_result(run_dir, resume_step, total_steps)
+    if finished is not None:
+        log.info("%s: this run finished at step %d already; nothing to do", run_dir, resume_step)
+        ckpt.close()
+        pipe.close()
+        return {**finished, "is_main": par.is_main}
+    if writes:  # what an interrupted attempt saved after the restored step is written again, bitwise
+        for gone in ckpt.discard_after(resume_step):
+            log.info("discarded %s (newer than the restored step; it is written again)", gone)
+    par.barrier()
     manifest = build_manifest(
         to_dict(conf), seed=tc.seed, data=sources.train.describe(), start_time=start_time
     )
@@ -221,7 +418,7 @@ def fit(
     manifest["scaling"] = opt.describe()
     # Process 0 alone writes the manifest, logs and report.
     manifest_path = write_manifest(run_dir, manifest) if par.is_main else run_dir / "manifest.json"
-    logs = _Logs(run_dir, lc if par.is_main else replace(lc, tensorboard=False, csv=False))
+    logs = _Logs(run_dir, lc if par.is_main else replace(lc, tensorboard=False, csv=False), resume_step)
     gns = {p: GNSTracker(conf.parallel.gns_ema) for p in ("d", "g")}
     history: list[dict[str, Any]] = list(extra.get("history", []))
 
@@ -231,6 +428,7 @@ def fit(
             "epoch": step // steps_per_epoch,
             "rollbacks": extra["rollbacks"],
             "history": history,
+            "model": model_tag(model_cfg),
         }
 
     def run_validation(step: int) -> dict[str, float]:
@@ -268,12 +466,6 @@ def fit(
     timing = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "validation_seconds": 0.0, "steps": 0}
     last_metrics: dict[str, float] = {}
     status = "ok"
-    if step == 0:
-        t0 = time.perf_counter()
-        metrics = run_validation(0)
-        if writes:
-            ckpt.save(0, state, extra_now(0))
-        timing["validation_seconds"] += time.perf_counter() - t0
     last_good = step
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     progress = Progress(
@@ -312,7 +504,23 @@ def fit(
         last_metrics.update({k: v * scale for k, v in lrs.items()})
         pending.clear()
 
+    def stop_signal(step: int) -> int:
+        """The stop signal any process received (0: none). Several processes agree at the logging
+        steps (one small collective), so that all of them stop after the same step."""
+        if par.process_count == 1:
+            return stop.signum
+        if step % lc.every_steps:
+            return 0
+        return par.max_over_processes(stop.signum)
+
+    stop = _StopSignals(handle_signals)
     try:
+        if restored is None:  # the starting point, validated and saved once (a resumed run has it)
+            t0 = time.perf_counter()
+            run_validation(0)
+            if writes:
+                ckpt.save(0, state, extra_now(0))
+            timing["validation_seconds"] += time.perf_counter() - t0
         flush_reports()
         with progress:
             task = progress.add_task("train", total=total_steps, completed=step, rate=0.0, d=0.0, g=0.0)
@@ -378,7 +586,15 @@ def fit(
                         ckpt.save(step, state, extra_now(step))
                     timing["checkpoint_seconds"] += time.perf_counter() - t0
                 flush_reports()
+                signum = stop_signal(step) if step < total_steps else 0
+                if signum:
+                    check_pending()
+                    if writes:
+                        ckpt.save(step, state, extra_now(step))
+                    ckpt.wait()
+                    raise Preempted(signum, step, str(run_dir / "checkpoints" / str(step)))
     except NonFiniteError as exc:
+        stop.restore()
         ckpt.close()
         pipe.close()
         logs.close()
@@ -390,7 +606,8 @@ def fit(
             "optim.clip_norm, or use train.on_nonfinite=rollback."
         ) from None
     except BaseException:
-        # an interrupt or crash: wait for saves in flight so the last checkpoint is whole
+        # an interrupt, a pre-emption or a crash: wait for saves in flight so the last checkpoint is whole
+        stop.restore()
         ckpt.close()
         pipe.close()
         logs.close()
@@ -398,29 +615,41 @@ def fit(
 
     # ---- finish: final checkpoint, validation, report ---------------------------------------------------
     pipe.close()
-    t0 = time.perf_counter()
-    check_pending()
-    final = run_validation(step)
-    timing["validation_seconds"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if writes and ckpt.latest_step() != step:
-        ckpt.save(step, state, extra_now(step))
-    if writes:
-        ckpt.save_best(step, state, extra_now(step), final)
-    ckpt.close()
-    timing["checkpoint_seconds"] += time.perf_counter() - t0
-    report_path = None
-    if tc.report and par.is_main:
-        from hepgan.physics.report import write_report
-
+    try:
         t0 = time.perf_counter()
-        generated = generate_reference(state)
-        full = {k: float(v) for k, v in evaluate(generated, reference, metrics=tc.report_metrics).items()}
-        if history:  # the starting point, to show what training changed
-            full.update({f"step0/{k}": history[0][k] for k in ("physics_score", "sf_rel_error")})
-        epochs_done = step / steps_per_epoch
-        title = f"hepgan {model_cfg.arch}/{model_cfg.size} after {step} steps ({epochs_done:.1f} epochs)"
-        report_path = write_report(run_dir / "report", generated, reference, full, title=title)
+        check_pending()
+        # an attempt killed after its final validation left it in the restored history: not run twice
+        done = history[-1] if history and history[-1]["step"] == step else None
+        final = done if done is not None else run_validation(step)
+        timing["validation_seconds"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if writes:
+            ckpt.save(step, state, extra_now(step))
+            ckpt.save_best(step, state, extra_now(step), final)
+        ckpt.close()
+        timing["checkpoint_seconds"] += time.perf_counter() - t0
+        if stop.signum:  # the training is saved; the report is left to the rerun
+            raise Preempted(stop.signum, step, str(run_dir / "checkpoints" / str(step)))
+    except BaseException:
+        ckpt.close()
+        logs.close()
+        raise
+    finally:
+        stop.restore()
+    report_path, report_error = None, None
+    if tc.report and par.is_main:
+        t0 = time.perf_counter()
+        try:
+            report_path = _write_final_report(
+                run_dir, generate_reference(state), reference, tc.report_metrics, history,
+                f"hepgan {model_cfg.arch}/{model_cfg.size} after {step} steps "
+                f"({step / steps_per_epoch:.1f} epochs)",
+            )  # fmt: skip
+        except Exception as exc:  # the training and its checkpoints stand; the report is named failed
+            report_error = f"{type(exc).__name__}: {exc}"
+            log.error("the validation report failed (%s); the training and its checkpoints are kept", exc)
+        finally:  # also on a kill-like interrupt: the rerun writes the report
+            logs.close()
         timing["report_seconds"] = time.perf_counter() - t0
     logs.close()
     flush_reports()
@@ -437,6 +666,8 @@ def fit(
         "epoch": step / steps_per_epoch,
         "history": history,
         "timing": {**timing, "showers_per_s": train_rate},
+        "total_steps": total_steps,
+        "report_error": report_error,
         "paths": {
             "run_dir": str(run_dir),
             "checkpoints": str(run_dir / "checkpoints"),
@@ -448,8 +679,8 @@ def fit(
             "tensorboard": str(run_dir / "tb"),
         },
     }
-    if par.is_main:
-        (run_dir / "fit_result.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if par.is_main:  # written last: its presence marks a finished run (see _finished_result)
+        write_json(run_dir / FIT_RESULT, result, default=float)
     if math.isfinite(final["physics_score"]):
         log.info("done: %s", run_dir)
     return result
