@@ -174,16 +174,18 @@ def test_two_concurrent_workers_lose_no_trial(setup: tuple[Path, Path], tmp_path
         "--train-fn",
         "hepgan.sweep.dryrun:fit",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LSB_"))}
+    # started by hand: no scheduler variable tells the two workers apart
+    drop = ("SLURM_", "LSB_", "HEPGAN_TASK_INDEX", "PANDAID")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     procs = [
         subprocess.Popen(
             cmd,
-            env={**env, "HEPGAN_TASK_INDEX": str(i)},
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(2)
+        for _ in range(2)
     ]
     for p in procs:
         _, err = p.communicate(timeout=120)

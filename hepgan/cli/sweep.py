@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 PROG = "hepgan-sweep"
+#: a training was pre-empted after checkpointing: requeue the task (sysexits EX_TEMPFAIL, as hepgan-train)
+EXIT_PREEMPTED = 75
 
 
 def _log(msg: str) -> None:
@@ -110,6 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 0
     results = run_plan_entries(args.plan, list(indices), _settings(args), sweep_dir=args.sweep_dir, log=_log)
+    if any(r["status"] == "preempted" for r in results):
+        _log(f"pre-empted: exiting {EXIT_PREEMPTED} so that the task is requeued; a rerun resumes it")
+        return EXIT_PREEMPTED
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
 
@@ -133,27 +138,35 @@ def cmd_tell(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hepgan.sweep.plan import scheduler_task
     from hepgan.sweep.space import load_space
-    from hepgan.sweep.study import open_storage, run_worker
+    from hepgan.sweep.study import open_storage, run_worker, worker_identity
 
     space = load_space(args.space)
-    try:
-        offset = scheduler_task()[0] + 1
-    except ValueError:
-        offset = 0
+    if args.heartbeat < 0 or (args.heartbeat and args.grace <= args.heartbeat):
+        raise ValueError(
+            f"--grace ({args.grace} s) must be longer than --heartbeat ({args.heartbeat} s; 0 turns it off)"
+        )
+    storage = open_storage(
+        args.storage,
+        heartbeat_interval=args.heartbeat or None,
+        grace_period=args.grace,
+        max_retry=args.max_retry,
+    )
     sweep_dir = args.sweep_dir or str(Path(args.space).with_suffix("")) + "-trials"
     results = run_worker(
         space,
-        open_storage(args.storage),
+        storage,
         args.n_trials,
         sweep_dir,
         _settings(args),
         max_total=args.max_total,
-        seed_offset=offset * 7919,
+        identity=worker_identity(args.worker_id),
         log=_log,
     )
     _log(f"worker done: {len(results)} trials")
+    if results and results[-1]["status"] == "preempted":
+        _log(f"pre-empted: exiting {EXIT_PREEMPTED} so that the task is requeued")
+        return EXIT_PREEMPTED
     return 0
 
 
@@ -294,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-trials", type=int, required=True, help="trials run by this worker")
     s.add_argument("--max-total", type=int, default=None, help="stop once the study holds this many trials")
     s.add_argument("--sweep-dir", default=None, help="where trial dirs go (default: <space>-trials)")
+    s.add_argument(
+        "--worker-id",
+        default=None,
+        help="stable name of this worker (seeds its sampler; a restart with it resumes its trials); "
+        "default: the scheduler's job/task, else host, pid and time",
+    )
+    s.add_argument(
+        "--heartbeat",
+        type=float,
+        default=60.0,
+        help="seconds between heartbeats of the running trial (%(default)s; 0: off)",
+    )
+    s.add_argument(
+        "--grace",
+        type=float,
+        default=600.0,
+        help="a trial without heartbeat this long is failed and retried (%(default)s s)",
+    )
+    s.add_argument(
+        "--max-retry", type=int, default=3, help="retries of a killed worker's trial (%(default)s)"
+    )
     _add_run_options(s)
     s.set_defaults(func=cmd_worker)
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hepgan.fileio import write_json
 from hepgan.sweep.runner import Reporter
 
 RUN_DIR_KEYS = ("out", "run_dir")
@@ -60,7 +61,7 @@ def fit(cfg: Any, report: Reporter | None = None) -> dict[str, Any]:
     for epoch in range(start, epochs):
         time.sleep(float(sel("dryrun.sleep_s", 0.0)))
         score = final * (1.0 + 1.0 / (epoch + 1))  # improves towards `final` as training goes on
-        ckpt.write_text(json.dumps({"epoch": epoch + 1}))
+        write_json(ckpt, {"epoch": epoch + 1})
         if epoch + 1 == kill_at:
             os._exit(137)  # as abrupt as SIGKILL: no result, no clean-up
         if report is not None:

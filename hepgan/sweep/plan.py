@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hepgan.fileio import write_text
+
 PLAN_HEADER = "# hepgan-sweep plan v1"
 
 
@@ -182,10 +184,7 @@ def write_plan(path: str | os.PathLike, entries: Sequence[PlanEntry], *, comment
     if comment:
         lines += [f"# {c}" for c in comment.splitlines()]
     lines += [e.to_line() for e in entries]
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, p)
-    return p
+    return write_text(p, "\n".join(lines) + "\n")
 
 
 def read_plan(path: str | os.PathLike) -> list[PlanEntry]:

@@ -8,13 +8,15 @@ Reads every ``result.json`` below the given folders: those written by ``hepgan-s
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hepgan.fileio import write_json, write_text
 from hepgan.sweep.study import find_results
 
 #: ``fn(run, n_events, seed) -> metrics``: re-evaluates a trial's model on a larger held-out sample; ``run``
@@ -131,18 +133,21 @@ def write_table(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike) -> tu
     cols = _columns(rows)
     ordered = sorted(rows, key=lambda r: (r["objective"] is None, r["objective"] or 0.0))
     csv_path, md_path = base.with_suffix(".csv"), base.with_suffix(".md")
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for r in ordered:
-            w.writerow([_fmt(r.get(c)) for c in cols])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for r in ordered:
+        w.writerow([_fmt(r.get(c)) for c in cols])
+    write_text(csv_path, buf.getvalue())
     md_cols = [c for c in cols if c not in ("overrides", "error")]
     lines = ["| " + " | ".join(md_cols) + " |", "|" + "---|" * len(md_cols)]
     for r in ordered:
         lines.append("| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in md_cols) + " |")
-    n_ok = sum(r["status"] == "ok" for r in rows)
-    lines += ["", f"{len(rows)} trials: {n_ok} ok, {len(rows) - n_ok} failed or pruned."]
-    md_path.write_text("\n".join(lines) + "\n")
+    by_status = Counter(str(r["status"]) for r in rows)
+    order = sorted(by_status, key=lambda st: (st != "ok", st))
+    counts = ", ".join(f"{by_status[st]} {st}" for st in order)
+    lines += ["", f"{len(rows)} trials" + (f": {counts}." if counts else ".")]
+    write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -288,8 +293,7 @@ def default_eval_fn() -> EvalFn:
 
 
 def write_best(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write the selection report as JSON."""
+    """Write the selection report as JSON (atomically)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(report, indent=2) + "\n")
-    return p
+    return write_json(p, report)

@@ -4,13 +4,17 @@ Layout of a run directory ``<sweep_dir>/<name>/``::
 
     meta.json          who ran it: scheduler, job and task id, host, attempts (rewritten at every start)
     .hydra/            config.yaml and overrides.yaml, as a Hydra run writes them
-    result.json        written once the training returned or raised: status ok | failed | pruned
+    result.json        written once the training returned or raised: status ok | failed | pruned | preempted
     error.txt          the traceback of a failed run
     ...                whatever the training writes (checkpoints, logs)
 
 A run whose ``result.json`` says ``ok`` is never run again; any other run is started again in the same
 directory, where the training resumes from its latest checkpoint (it does so by itself when restarted in
-its run directory). The training function is injected: by default ``hepgan.train.fit``; any callable
+its run directory). A training that raises ``Preempted`` (``hepgan.train.loop.Preempted``: it caught
+SIGTERM/SIGUSR1/SIGINT and saved its step) is recorded as ``preempted``, not ``failed``: the process is
+about to be stopped and the next start resumes it. All files are written atomically (``hepgan.fileio``).
+
+The training function is injected: by default ``hepgan.train.fit``; any callable
 ``fn(cfg, [report=...]) -> dict`` of final metrics works (``module:attr`` on the command line).
 """
 
@@ -22,6 +26,7 @@ import inspect
 import json
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# write_json is also imported from here by the rest of the sweep room
+from hepgan.fileio import write_json, write_text
 from hepgan.sweep.plan import job_info
 
 #: ``report(step, metrics)``: called by the training every few epochs; may raise to prune the run.
@@ -159,20 +166,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename), so that a kill never leaves half a result."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    try:
-        return float(obj)
-    except (TypeError, ValueError):
-        return str(obj)
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -216,6 +209,18 @@ def training_metrics(out: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def is_preempted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a training's pre-emption: ``hepgan.train.loop.Preempted`` or, for stand-in
+    trainings (``--train-fn``), any exception class named ``Preempted``."""
+    loop = sys.modules.get(
+        "hepgan.train.loop"
+    )  # imported by the training if it raised it: no jax import here
+    cls = getattr(loop, "Preempted", None)
+    if isinstance(cls, type) and isinstance(exc, cls):
+        return True
+    return any(c.__name__ == "Preempted" for c in type(exc).__mro__)
+
+
 def _is_prune(exc: BaseException) -> bool:
     try:
         import optuna
@@ -235,8 +240,10 @@ def run_trial(
     """Train with ``overrides`` in ``run_dir`` and record the outcome; returns the result record.
 
     Never raises for a failing training: the exception is recorded as ``status: failed`` (an
-    ``optuna.TrialPruned`` as ``pruned``) so that a campaign goes on. A run already ``ok`` is returned
-    as recorded, with ``skipped: True``. A bad override raises ValueError before anything is written.
+    ``optuna.TrialPruned`` as ``pruned``, a ``Preempted`` as ``preempted``, see :func:`is_preempted`) so
+    that a campaign goes on. A run already ``ok`` is returned as recorded, with ``skipped: True``. A bad
+    override raises ValueError before anything is written. ``meta.json``'s ``history`` keeps every start
+    with its outcome; ``attempts`` counts starts, pre-empted ones included.
     """
     rd = Path(run_dir)
     previous = read_json(rd / RESULT_FILE)
@@ -270,10 +277,10 @@ def run_trial(
         status = "ok"
     except Exception as exc:
         metrics = {}
-        status = "pruned" if _is_prune(exc) else "failed"
+        status = "pruned" if _is_prune(exc) else "preempted" if is_preempted(exc) else "failed"
         error = f"{type(exc).__name__}: {exc}"
         if status == "failed":
-            (rd / "error.txt").write_text(traceback.format_exc())
+            write_text(rd / "error.txt", traceback.format_exc())
     wall = time.perf_counter() - t0
 
     result = {
@@ -295,8 +302,12 @@ def run_trial(
         # a run that finished without its objective is of no use to the search: count it as failed
         result["status"] = "failed"
         result["error"] = f"training returned no finite {settings.objective!r} (keys: {sorted(metrics)})"
+    history = [*run_meta["history"][:-1], {**run_meta["history"][-1], "outcome": result["status"]}]
     write_json(rd / RESULT_FILE, result)
-    write_json(rd / META_FILE, {**run_meta, "state": result["status"], "finished": result["finished"]})
+    write_json(
+        rd / META_FILE,
+        {**run_meta, "state": result["status"], "finished": result["finished"], "history": history},
+    )
     return result
 
 
@@ -342,7 +353,9 @@ def run_plan_entries(
 ) -> list[dict[str, Any]]:
     """Run the plan entries ``indices`` one after the other, each in ``<sweep_dir>/<index>``.
 
-    A failing entry is recorded and the next one still runs. Returns the result records in order.
+    A failing entry is recorded and the next one still runs. A pre-empted entry (status ``preempted``)
+    ends the task: the entries after it are not started, as the process is about to be stopped; a rerun
+    resumes it and runs them. Returns the result records in order.
     """
     from hepgan.sweep.plan import default_sweep_dir, read_plan
 
@@ -359,4 +372,6 @@ def run_plan_entries(
             what = "already done" if res.get("skipped") else res["status"]
             log(f"entry {i}: {what} {settings.objective}={res.get('objective_value')} ({sd / str(i)})")
         results.append(res)
+        if res["status"] == "preempted":
+            break
     return results

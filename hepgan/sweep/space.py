@@ -80,20 +80,23 @@ class SearchSpace:
         """Hydra overrides of one trial: the fixed ones, then ``key=value`` per sampled parameter."""
         return [*self.fixed, *(f"{k}={format_value(v)}" for k, v in params.items())]
 
-    def make_sampler(self, seed_offset: int = 0) -> Any:
+    def make_sampler(self, seed_offset: int = 0, *, seed: int | None = None) -> Any:
         """A new Optuna sampler; ``seed_offset`` keeps successive processes from repeating draws.
 
         Samplers are re-created in every process (array task, steering call), so a fixed seed alone would
-        make each of them propose the same first points; the offset (number of trials so far, task index)
-        decorrelates them while keeping a campaign reproducible.
+        make each of them propose the same first points; the offset (number of trials so far) decorrelates
+        them while keeping a campaign reproducible. ``seed``: use exactly this seed instead (a worker's own,
+        see ``hepgan.sweep.study.WorkerIdentity``), whether or not the file has one.
         """
         import optuna
 
         opts = dict(self.sampler)
         kind = str(opts.pop("name", "tpe")).lower()
-        seed = opts.pop("seed", None)
+        base = opts.pop("seed", None)
         if seed is not None:
-            opts["seed"] = int(seed) + int(seed_offset)
+            opts["seed"] = int(seed)
+        elif base is not None:
+            opts["seed"] = int(base) + int(seed_offset)
         if kind == "tpe":
             # batches of trials are asked before any is told: the liar keeps them apart
             opts.setdefault("constant_liar", True)

@@ -11,13 +11,27 @@ training reports the objective every few epochs through an injected ``report`` c
 
 In both modes a trial that raises is recorded as failed and the campaign goes on; ``retry`` re-enqueues
 failed trials' parameters (``study.enqueue_trial``) so the next ask runs them again.
+
+Workers survive the cluster: each has its own sampler seed (:class:`WorkerIdentity`); with a heartbeat
+(``open_storage(..., heartbeat_interval=...)``) a trial whose worker was killed is failed by the next
+worker that looks (``optuna.storages.fail_stale_trials``) and its parameters are queued again by Optuna's
+``RetryHeartbeatStaleTrialCallback``; a pre-empted trial (the training raised ``Preempted`` after its
+checkpoint) is failed and queued again at once. Either retry trains in the first trial's directory, so it
+resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +41,119 @@ from hepgan.sweep.space import SearchSpace, load_space
 
 JOURNAL_NAME = "study.journal"
 SPACE_NAME = "space.yaml"
+#: trial user attribute: the folder (under the sweep dir) the trial trains in; retries inherit it
+TRIAL_DIR_ATTR = "trial_dir"
 
 
-def open_storage(url: str | os.PathLike) -> Any:
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Silence what Optuna says about the heartbeat API being experimental and meant for ``optimize``:
+    hepgan drives it from its own ask/tell loop on purpose."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
+def retry_callback(max_retry: int | None = 3) -> Callable[[Any, Any], None]:
+    """Optuna's stale-trial callback that queues a failed-as-stale trial's parameters again (at most
+    ``max_retry`` times; intermediate values are kept, as the retry resumes from the checkpoint)."""
+    import optuna
+
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if cls is None:  # its name before Optuna 4.9
+        cls = optuna.storages.RetryFailedTrialCallback
+    with _quiet_optuna():
+        return cls(max_retry=max_retry, inherit_intermediate_values=True)
+
+
+def open_storage(
+    url: str | os.PathLike,
+    *,
+    heartbeat_interval: float | None = None,
+    grace_period: float | None = None,
+    max_retry: int | None = 3,
+) -> Any:
     """An Optuna storage from a URL or a path.
 
     ``sqlite:///x.db``, ``postgresql://...``, ``mysql://...``: RDB storage (use PostgreSQL/MySQL when
     workers run on many nodes). Anything else (``x.journal``, ``journal:x``): a ``JournalStorage`` over a
-    ``JournalFileBackend``, safe for concurrent processes through its lock file on one file system.
+    checked journal file (:class:`hepgan.sweep.journal.CheckedJournalFileBackend`), safe for concurrent
+    processes through its lock file on one file system; a damaged file raises
+    :class:`hepgan.sweep.journal.JournalCorruptError` (a ValueError) naming it.
+
+    ``heartbeat_interval`` (s): running trials record a heartbeat this often, and a trial without one for
+    ``grace_period`` s (default twice the interval) is failed by the next worker and, up to ``max_retry``
+    times, queued again with the same parameters (``RetryHeartbeatStaleTrialCallback``). RDB storages
+    take whole seconds.
     """
     text = str(url)
+    callback = retry_callback(max_retry) if heartbeat_interval else None
     if "://" in text:
-        return text
-    path = Path(text.removeprefix("journal:"))
-    path.parent.mkdir(parents=True, exist_ok=True)
+        if not heartbeat_interval:
+            return text
+        import optuna
+
+        interval = max(1, math.ceil(heartbeat_interval))
+        grace = None if grace_period is None else max(2, math.ceil(grace_period))
+        with _quiet_optuna():
+            try:
+                return optuna.storages.RDBStorage(
+                    text,
+                    heartbeat_interval=interval,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=callback,
+                )
+            except TypeError:  # Optuna < 4.9 names the callback differently
+                return optuna.storages.RDBStorage(
+                    text, heartbeat_interval=interval, grace_period=grace, failed_trial_callback=callback
+                )
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(str(path)))
+    from hepgan.sweep.journal import (
+        CheckedJournalFileBackend,
+        HeartbeatJournalStorage,
+        JournalCorruptError,
+        diagnose,
+    )
+
+    path = Path(text.removeprefix("journal:"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = CheckedJournalFileBackend(path)
+        if not heartbeat_interval:
+            return JournalStorage(backend)
+        return HeartbeatJournalStorage(
+            backend,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=callback,
+        )
+    except OSError as exc:
+        raise ValueError(f"Optuna journal {str(path)!r} cannot be opened ({exc.strerror or exc})") from None
+    except (KeyError, TypeError) as exc:
+        # whole JSON records that Optuna cannot replay: another program's JSON lines, or a newer format
+        raise diagnose(path) or JournalCorruptError(
+            f"{str(path)!r} holds JSON records this Optuna cannot replay ({type(exc).__name__}: {exc}); "
+            "it is not an Optuna journal or was written by another Optuna version: point --storage / "
+            "--study-dir at the study's journal, or use the Optuna version that wrote it"
+        ) from None
 
 
-def load_study(space: SearchSpace, storage: Any, *, seed_offset: int = 0) -> Any:
-    """Create or load the space's study in ``storage`` with its sampler and pruner."""
+def load_study(space: SearchSpace, storage: Any, *, seed_offset: int = 0, seed: int | None = None) -> Any:
+    """Create or load the space's study in ``storage`` with its sampler and pruner.
+
+    ``seed_offset`` shifts the space's sampler seed; ``seed`` replaces it (see ``SearchSpace.make_sampler``).
+    """
     import optuna
 
     return optuna.create_study(
         study_name=space.name,
         storage=storage,
         direction=space.direction,  # type: ignore[arg-type]  # checked by parse_space
-        sampler=space.make_sampler(seed_offset),
+        sampler=space.make_sampler(seed_offset, seed=seed),
         pruner=space.make_pruner(),
         load_if_exists=True,
     )
@@ -69,7 +167,10 @@ def optuna_reporter(trial: Any, objective: str) -> Reporter:
     def report(step: int, metrics: Mapping[str, float]) -> None:
         if objective not in metrics:
             return
-        trial.report(float(metrics[objective]), int(step))
+        with warnings.catch_warnings():
+            # a resumed retry reports again a step its predecessor reported; Optuna keeps the first
+            warnings.filterwarnings("ignore", message=".*is already reported")
+            trial.report(float(metrics[objective]), int(step))
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}: {objective}={float(metrics[objective]):.4g}")
 
@@ -166,9 +267,10 @@ def tell_results(
 ) -> dict[str, int]:
     """Feed the result.json files under ``result_dirs`` back into the study of ``study_dir``.
 
-    Idempotent: trials already finished are left alone. ``fail_missing`` marks trials still running with
-    no result (their jobs died without one) as failed so that ``retry`` can re-enqueue them.
-    Returns counts per outcome.
+    Idempotent: trials already finished are left alone. A ``preempted`` result leaves its trial RUNNING:
+    its entry is run again (the array task is requeued) and told then. ``fail_missing`` marks trials still
+    running with no final result (their jobs died, or were pre-empted and never requeued) as failed so
+    that ``retry`` can re-enqueue them. Returns counts per outcome.
     """
     from optuna.trial import TrialState
 
@@ -176,7 +278,7 @@ def tell_results(
     space = _study_dir_space(sd, None)
     study = load_study(space, open_storage(sd / JOURNAL_NAME))
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "already": 0, "other_study": 0}
+    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "preempted": 0, "already": 0, "other_study": 0}
     seen = set()
     for _, res in find_results(result_dirs):
         meta = res.get("meta") or {}
@@ -184,11 +286,14 @@ def tell_results(
             counts["other_study"] += 1
             continue
         number = int(meta["optuna_trial"])
-        seen.add(number)
         trial = by_number.get(number)
         if trial is None or trial.state != TrialState.RUNNING:
             counts["already"] += 1
             continue
+        if res.get("status") == "preempted":
+            counts["preempted"] += 1
+            continue
+        seen.add(number)
         counts[tell_result(study, number, res)] += 1
     if fail_missing:
         for number, trial in by_number.items():
@@ -215,7 +320,11 @@ def retry_failed(
             if t.state == TrialState.RUNNING:
                 study.tell(t.number, state=TrialState.FAIL)
         trials = study.get_trials(deepcopy=False)
-    already = {t.user_attrs.get("retry_of") for t in trials}
+    # parameters already queued again: by an earlier retry, a pre-emption or the heartbeat's callback
+    already: set[int] = set()
+    for t in trials:
+        already.update(t.user_attrs[k] for k in ("retry_of", "requeue_of") if k in t.user_attrs)
+        already.update(t.system_attrs.get("retry_history", ()))
     out = []
     for t in trials:
         attempt = int(t.user_attrs.get("attempt", 1))
@@ -234,11 +343,76 @@ def retry_failed(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _worker_key() -> str | None:
-    job = job_info()
+#: environment variables that tell processes of one job (or array task) apart, first set wins
+_RANK_VARS = ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "JSM_NAMESPACE_RANK")
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who a worker is.
+
+    ``key`` is recorded on the trials it runs (user attribute ``worker``) and seeds its sampler, so that
+    concurrent workers never propose the same points. ``stable``: the key is the same when this worker is
+    started again (a requeued array task, the same ``--worker-id``), which then finishes its own
+    running trials first; a worker started by hand without ``--worker-id`` gets a fresh key from host,
+    process id and start time. Several workers inside one array task need ``srun`` (``SLURM_PROCID``)
+    or distinct ``--worker-id`` values, or they would share a key.
+    """
+
+    key: str
+    stable: bool
+
+    def sampler_seed(self, space: SearchSpace, offset: int = 0) -> int:
+        """The sampler seed of this worker: the space's ``sampler.seed`` (0 when absent) plus a hash of
+        the key plus ``offset``, modulo 2**32 (NumPy's seed range). ``run_worker`` passes the number of
+        trials in the study as ``offset``, so that a restarted worker with the same key does not draw its
+        first points again."""
+        digest = int.from_bytes(hashlib.sha256(self.key.encode()).digest()[:4], "big")
+        return (int(space.sampler.get("seed") or 0) + digest + offset) % 2**32
+
+
+def worker_identity(worker_id: str | None = None, env: Mapping[str, str] | None = None) -> WorkerIdentity:
+    """This process's :class:`WorkerIdentity`: ``id:<worker_id>`` when given; else the scheduler's job and
+    task (plus the process rank when one job step runs several workers); else host, pid and time."""
+    env = os.environ if env is None else env
+    if worker_id:
+        return WorkerIdentity(f"id:{worker_id}", True)
+    job = job_info(env)
+    # not a plain batch job: in an salloc shell every process started by hand has the same job id
     if job["scheduler"] in ("slurm", "lsf", "env") and job["job_id"]:
-        return f"{job['scheduler']}:{job['job_id']}:{job['task_id']}"
-    return None
+        key = f"{job['scheduler']}:{job['job_id']}:{job['task_id']}"
+        rank = next((env[v] for v in _RANK_VARS if env.get(v, "") != ""), None)
+        return WorkerIdentity(key if rank is None else f"{key}:{rank}", True)
+    return WorkerIdentity(f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}", False)
+
+
+def _requeue_preempted(study: Any, trial: Any) -> None:
+    """Fail a pre-empted trial and queue its parameters again at once, into the same trial directory.
+
+    FAIL (not PRUNED, not left RUNNING) keeps the sampler from learning anything from it and lets no other
+    worker mistake it for live; the new WAITING trial is what the next ask hands out. Unlike a heartbeat
+    retry this does not count against ``max_retry``: a pre-emption says nothing about the parameters.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from hepgan.sweep.journal import HEARTBEAT_ATTR
+
+    trial.set_user_attr("preempted", True)
+    study.tell(trial, state=TrialState.FAIL)
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    user = {k: v for k, v in frozen.user_attrs.items() if k != "preempted"}
+    system = {k: v for k, v in frozen.system_attrs.items() if k != HEARTBEAT_ATTR}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=frozen.params,
+            distributions=frozen.distributions,
+            user_attrs={**user, "requeue_of": frozen.number},
+            system_attrs=system,
+            intermediate_values=frozen.intermediate_values,
+        )
+    )
 
 
 def run_worker(
@@ -249,51 +423,105 @@ def run_worker(
     settings: RunSettings,
     *,
     max_total: int | None = None,
-    seed_offset: int = 0,
+    identity: WorkerIdentity | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Ask, train and tell up to ``n_trials`` trials; each trains in ``<sweep_dir>/trial-<number>``.
 
-    A requeued array task first finishes the trials it had started (same scheduler job and task id: the
-    training resumes from its checkpoint). ``max_total`` stops asking once the study holds that many
-    trials that are finished successfully, pruned or running. Failed trials never stop the loop.
+    ``identity`` (default :func:`worker_identity`) seeds the sampler and is recorded on every trial
+    (user attributes ``worker``, ``sampler_seed``; ``meta`` of its result.json). A worker with a stable
+    identity (requeued array task) first finishes the trials it had started: the training resumes from
+    its checkpoint. With a heartbeat storage (:func:`open_storage`), the trial in progress records a
+    heartbeat, and before every ask the worker fails stale trials (their workers were killed) and Optuna's
+    retry callback queues them again; a retried trial trains in the first attempt's directory and resumes
+    there. ``max_total`` stops asking once the study holds that many trials that are finished
+    successfully, pruned or running. Failed trials never stop the loop; a pre-empted one (status
+    ``preempted``) is queued again and ends the loop, as the process is about to be stopped.
     """
     import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
     from optuna.trial import TrialState
 
     settings = RunSettings(**{**settings.__dict__, "objective": space.objective})
-    study = load_study(space, storage, seed_offset=seed_offset)
-    key = _worker_key()
-    results = []
+    identity = identity or worker_identity()
+    existing = len(load_study(space, storage).get_trials(deepcopy=False))
+    seed = identity.sampler_seed(space, existing)
+    study = load_study(space, storage, seed=seed)
+    heartbeat = is_heartbeat_enabled(study._storage)
+    if log is not None:
+        beat = f"every {study._storage.get_heartbeat_interval()} s" if heartbeat else "off"
+        log(f"worker {identity.key}: sampler seed {seed}, heartbeat {beat}")
+    results: list[dict[str, Any]] = []
 
-    def one(trial: Any) -> None:
-        rd = Path(sweep_dir) / f"trial-{trial.number:05d}"
-        meta = {"optuna_study": space.name, "optuna_trial": str(trial.number)}
-        overrides = space.overrides(trial.params)
-        try:
-            res = run_trial(
-                overrides, rd, settings, report=optuna_reporter(trial, space.objective), meta=meta
-            )
-        except ValueError:
+    def reap_stale() -> None:
+        if heartbeat:
+            with _quiet_optuna():
+                optuna.storages.fail_stale_trials(study)
+
+    def one(trial: Any) -> dict[str, Any]:
+        error: ValueError | None = None
+        # beat first: a trial without a beat is never taken for stale, so it must not run a moment without
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            trial.set_user_attr("worker", identity.key)
+            trial.set_user_attr("sampler_seed", seed)
+            name = trial.user_attrs.get(TRIAL_DIR_ATTR)
+            if name is None:
+                name = f"trial-{trial.number:05d}"
+                trial.set_user_attr(TRIAL_DIR_ATTR, name)
+            rd = Path(sweep_dir) / name
+            meta = {
+                "optuna_study": space.name,
+                "optuna_trial": str(trial.number),
+                "worker": identity.key,
+                "sampler_seed": seed,
+            }
+            try:
+                res = run_trial(
+                    space.overrides(trial.params),
+                    rd,
+                    settings,
+                    report=optuna_reporter(trial, space.objective),
+                    meta=meta,
+                )
+            except ValueError as exc:
+                error = exc
+        if error is not None:
             study.tell(trial, state=TrialState.FAIL)  # a bad override fails every trial: stop the worker
-            raise
-        state = tell_result(study, trial, res)
+            raise error
+        try:
+            if res["status"] == "preempted":
+                _requeue_preempted(study, trial)
+                state = "FAIL (pre-empted; its parameters are queued again)"
+            else:
+                state = tell_result(study, trial, res)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            now = next(t.state for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            if now == TrialState.RUNNING:
+                raise
+            # another worker took it for stale (this one missed beats for the grace period) and queued it
+            # again; that retry finds this run's result.json or checkpoints in the same folder
+            state = f"already {now.name} (failed as stale by another worker; its retry reuses {rd})"
         if log is not None:
             log(f"trial {trial.number}: {state} {space.objective}={res.get('objective_value')} ({rd})")
         results.append(res)
+        return res
 
-    if key is not None:
+    reap_stale()
+    if identity.stable:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") == key:
-                one(optuna.trial.Trial(study, t._trial_id))
+            if t.user_attrs.get("worker") == identity.key:
+                if one(optuna.trial.Trial(study, t._trial_id))["status"] == "preempted":
+                    return results
 
-    for _ in range(n_trials):
+    for i in range(n_trials):
+        if i:
+            reap_stale()
         if max_total is not None:
             live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
             if len(study.get_trials(deepcopy=False, states=live)) >= max_total:
                 break
-        trial = study.ask(dict(space.distributions))
-        if key is not None:
-            trial.set_user_attr("worker", key)
-        one(trial)
+        with _quiet_optuna():
+            trial = study.ask(dict(space.distributions))
+        if one(trial)["status"] == "preempted":
+            break
     return results
