@@ -409,3 +409,61 @@ def test_cli_validate_bad_file_exits_1_without_traceback(
     assert "bad.h5, key 'ECAL'" in err and "event 1" in err and "Traceback" not in err
     assert data_main(["info", str(tmp_path / "nowhere")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def _convert_inputs(tmp_path: Path) -> Path:
+    """Two good files, then one whose last event is NaN (sorted last): convert fails after writing."""
+    d = tmp_path / "in"
+    F.write_files([make_showers(8, seed=1)], d, fmt="angle", events_per_file=4)  # showers_0000/0001
+    bad = make_showers(3, seed=2)
+    bad.ecal[2, 0, 0, 0] = np.nan
+    F.write_file(d / "zz_bad.h5", bad, "angle")
+    return d
+
+
+def test_cli_convert_failing_midway_leaves_no_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = _convert_inputs(tmp_path)
+    out = tmp_path / "out"
+    argv = ["convert", str(d), str(out), "--format", "calochallenge", "--events-per-file", "2"]
+    assert data_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "zz_bad.h5" in err and "Nothing was written to" in err and "Traceback" not in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no partial folder either
+
+    # Into an existing folder the same: what was there stays, nothing new appears.
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    assert data_main(argv) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+
+
+def test_cli_convert_refuses_a_folder_with_files_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in"
+    s = make_showers(6)
+    F.write_files([s], src, fmt="angle", events_per_file=3)
+    out = tmp_path / "out"
+    F.write_files([make_showers(9, seed=3)], out, fmt="angle", events_per_file=3, prefix="old")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["convert", str(src), str(out), "--format", "fixed25", "--events-per-file", "6"]
+    assert data_main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(out) in err and "3 HDF5 file(s)" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert data_main([*argv, "--overwrite"]) == 0
+    assert [p.name for p in out.iterdir()] == ["showers_0000.h5"]  # exactly the new set
+    assert_same(s, F.read_file(out / "showers_0000.h5"))
+
+
+def test_write_folder_into_a_new_folder_and_nothing_for_no_events(tmp_path: Path) -> None:
+    s = make_showers(5)
+    paths = F.write_folder([s], tmp_path / "new", fmt="angle", events_per_file=2)
+    assert [p.name for p in paths] == ["showers_0000.h5", "showers_0001.h5", "showers_0002.h5"]
+    assert_same(s, Showers.concat([F.read_file(p) for p in paths]))
+    assert F.write_folder([], tmp_path / "empty", fmt="angle") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]

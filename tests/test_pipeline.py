@@ -403,7 +403,8 @@ def _small_angle(n: int, seed: int) -> Showers:
 
 
 def test_file_source_every_layout_and_storage_matches_read_file(tmp_path) -> None:
-    """Memory-mapped, compressed (h5py rows), mtheta-only and CaloChallenge (formats.take) files."""
+    """Direct (positional reads), compressed (h5py rows), mtheta-only and CaloChallenge (formats.take)
+    files."""
     import h5py
 
     a, b = _small_angle(6, 1), _small_angle(5, 2)
@@ -421,8 +422,8 @@ def test_file_source_every_layout_and_storage_matches_read_file(tmp_path) -> Non
         np.testing.assert_array_equal(got.ecal, every.ecal[idx])
         np.testing.assert_array_equal(got.energy, every.energy[idx])
         np.testing.assert_array_equal(got.theta, every.theta[idx])
-        assert [src._handle(i).memory_mapped for i in range(3)] == [True, False, True]
-        # The RAM cache holds only the file that cannot be memory-mapped.
+        assert [src._handle(i).direct for i in range(3)] == [True, False, True]
+        # The RAM cache holds only the file that cannot be read row by row directly.
         assert sorted(src._cache) == ([1] if cache else [])
     formats.write_file(tmp_path / "cc.h5", b, "calochallenge")
     cc = FileSource(tmp_path / "cc.h5")
@@ -537,5 +538,5 @@ def test_open_source_config_errors() -> None:
         open_source(DataConfig(simulator={"no_such_knob": 1.0}))
     with pytest.raises(ValueError, match="unknown geometry"):
         open_source(DataConfig(geometry="cube9"))
-    with pytest.raises(ValueError, match="kind=files"):
-        SimulatedSource(10**9)  # 62 TB of fixed25 showers
+    with pytest.raises(ValueError, match="in_memory_max_gb"):
+        SimulatedSource(10**9, in_memory_max_gb=1e9)  # 62 TB of fixed25 showers in memory

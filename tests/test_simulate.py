@@ -403,3 +403,26 @@ def test_cli_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     np.testing.assert_allclose(back.ecal, ref.ecal, rtol=1e-6)
     np.testing.assert_allclose(back.energy, ref.energy, rtol=1e-6)
     assert "files written" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_folder_with_hdf5_files_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hepgan.cli.simulate import main
+    from hepgan.data.formats import read_file
+
+    argv = ["--n-events", "6", "--energy", "fixed:50", "--out", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--prefix", "old", "--events-per-file", "3"]) == 0
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(old) == ["old_0000.h5", "old_0001.h5"]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert (
+        str(tmp_path) in err and "2 HDF5 file(s)" in err and "--overwrite" in err and "Traceback" not in err
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # nothing lost, nothing added
+    assert main([*argv, "--overwrite", "--seed", "4"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["showers_0000.h5"]
+    back = read_file(tmp_path / "showers_0000.h5")
+    np.testing.assert_array_equal(back.ecal, simulate(6, energy="fixed:50", seed=4).ecal)

@@ -4,10 +4,13 @@
     hepgan-data fetch NAME [--dest DIR] [--base-url URL] [--extract]
     hepgan-data info PATH...          per file: format, events, grid, energy/angle range, <ECAL/E>
     hepgan-data validate PATH...      full read with every check; exit 1 on the first bad file
-    hepgan-data convert IN... OUT --format F [--events-per-file N] [--prefix P] [--geometry G]
+    hepgan-data convert IN... OUT --format F [--events-per-file N] [--prefix P] [--geometry G] [--overwrite]
+    hepgan-data cache [OVERRIDE...]   simulate a config's data into the on-disk cache, e.g.
+                                      hepgan-data cache experiment=paper_fixed25 data.workers=8
 
 PATH is a file, a directory of ``*.h5`` files or a glob. User errors (bad files, bad arguments, no
-network) print one paragraph on stderr and exit non-zero, without a traceback.
+network) print one paragraph on stderr and exit non-zero, without a traceback. ``convert`` writes all
+or nothing: its files appear in OUT only when every input was read; a failure removes what it wrote.
 """
 
 from __future__ import annotations
@@ -110,20 +113,67 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ConvertFailed(ValueError):
+    """A conversion that stopped part-way; its partial output has been removed."""
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Rewrite showers in another format (or re-split them), streaming."""
+    """Rewrite showers in another format (or re-split them), streaming; all or nothing."""
+    if args.events_per_file < 1:
+        raise ValueError(f"--events-per-file must be >= 1; got {args.events_per_file}")
     chunks = formats.iter_showers(args.inputs, chunk=args.chunk, geometry=args.geometry)
-    paths = formats.write_files(
-        chunks,
-        args.out,
-        fmt=args.format,
-        events_per_file=args.events_per_file,
-        prefix=args.prefix,
-        compression=args.compression,
-    )
+    try:
+        paths = formats.write_folder(
+            chunks,
+            args.out,
+            fmt=args.format,
+            events_per_file=args.events_per_file,
+            prefix=args.prefix,
+            compression=args.compression,
+            overwrite=args.overwrite,
+        )
+    except formats.OutputExistsError:
+        raise
+    except (formats.ShowerFileError, ValueError, OSError) as exc:
+        raise _ConvertFailed(
+            f"{exc}. Nothing was written to {args.out}: the files converted before the error were removed"
+        ) from exc
     for p in paths:
         print(p)
     print(f"wrote {len(paths)} files in format {args.format}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Simulate the training and reference sets of a training config into the on-disk cache."""
+    # Lazy: composing the training config loads the model room (JAX); the other commands stay light.
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hepgan.data.source import SimulatedSource, open_source
+    from hepgan.train.config import compose, to_config
+
+    try:
+        data = to_config(compose(args.overrides)).data
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ValueError(f"cannot compose the config from {args.overrides}: {exc}") from None
+    if data.kind != "simulated":
+        raise ValueError(
+            f"data.kind is {data.kind!r}: only simulated data (data.kind=simulated) are cached; "
+            "file data are read where they are"
+        )
+    sources = open_source(data)
+    for name, src in (("train", sources.train), ("reference", sources.reference)):
+        assert isinstance(src, SimulatedSource)
+        size = f"{len(src)} events, {len(src) * (int(np.prod(src.grid)) + 2) * 4 / 1e9:.2f} GB"
+        if not src.on_disk:
+            print(
+                f"{name:<9}  {size}: kept in memory (data.in_memory_max_gb={data.in_memory_max_gb}), "
+                "not cached"
+            )
+            continue
+        src.progress = not args.quiet
+        print(f"{name:<9}  {size}: {src.prepare()}")
     return 0
 
 
@@ -203,8 +253,24 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--events-per-file", type=int, default=10000)
     sp.add_argument("--prefix", default="showers")
     sp.add_argument("--compression", choices=["lzf", "gzip"], default=None)
+    sp.add_argument(
+        "--overwrite", action="store_true", help="replace the HDF5 files OUT already holds (else refuse)"
+    )
     reading(sp)
     sp.set_defaults(func=cmd_convert)
+
+    sp = sub.add_parser(
+        "cache",
+        help="simulate a training config's data into the on-disk cache (once, before a campaign)",
+        description="Compose the training config with OVERRIDEs (as for hepgan-train) and write its "
+        "simulated training and reference sets into the cache folder (data.cache_dir, else "
+        "$HEPGAN_DATA_CACHE, else ~/.cache/hepgan/simulated). Sets already there are not simulated again.",
+    )
+    sp.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper_angle51 data.workers=8"
+    )
+    sp.add_argument("--quiet", action="store_true", help="no progress display")
+    sp.set_defaults(func=cmd_cache)
     return p
 
 

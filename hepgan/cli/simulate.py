@@ -7,6 +7,8 @@ Example (the default training set, 10^5 fixed-angle showers, 10-500 GeV)::
 
 Event ``i`` depends only on ``(seed, i)``, so the same command gives the same files whatever
 ``--workers``. ``--summary-only`` simulates and prints the statistics without writing anything.
+The files appear in ``--out`` only when all are written (an interrupted run leaves none); a folder
+that already holds HDF5 files is refused (exit 1) unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -109,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
         "--events-per-file", type=int, default=10000, help="showers per file (default %(default)s)"
     )
     p.add_argument("--prefix", default="showers", help="file name prefix (default %(default)s)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the HDF5 files --out already holds, once the new ones are complete (else refuse)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--summary-only", action="store_true", help="simulate and print statistics, write nothing")
     # simulator knobs most often varied in studies; everything else keeps the documented defaults
@@ -180,10 +187,15 @@ def _run(args: argparse.Namespace) -> int:
         for _ in stream():
             pass
     else:
-        from hepgan.data.formats import write_files
+        from hepgan.data.formats import write_folder
 
-        files = list(
-            write_files(stream(), args.out, fmt=fmt, events_per_file=args.events_per_file, prefix=args.prefix)
+        files = write_folder(
+            stream(),
+            args.out,
+            fmt=fmt,
+            events_per_file=args.events_per_file,
+            prefix=args.prefix,
+            overwrite=args.overwrite,
         )
     wall = time.perf_counter() - t0
 
@@ -208,10 +220,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``hepgan-simulate``; returns the exit code (2 for a bad request, 1 for I/O errors)."""
+    """Entry point of ``hepgan-simulate``; returns the exit code (2 for a bad request, 1 for I/O errors
+    and for an output folder that already holds HDF5 files without ``--overwrite``)."""
     args = _parser().parse_args(argv)
     try:
         return _run(args)
+    except FileExistsError as exc:  # formats.OutputExistsError: the folder holds files already
+        print(f"hepgan-simulate: error: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:  # bad spec, geometry, format/grid mismatch, invalid file contents
         print(f"hepgan-simulate: error: {exc}", file=sys.stderr)
         return 2

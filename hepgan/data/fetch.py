@@ -29,6 +29,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hepgan.fileio import write_json
+
 BASE_URL_ENV = "HEPGAN_DATA_BASE_URL"
 USER_AGENT = "hepgan-data-fetch (python urllib)"
 _BLOCK = 1 << 20
@@ -329,7 +331,7 @@ def fetch(
             print(file=sys.stderr)
     # Record what was verified, so that this folder can serve as a mirror.
     listing = [{"name": f.name, "size": f.size, "checksum": f.checksum} for f in files]
-    (out_dir / "files.json").write_text(json.dumps(listing, indent=1) + "\n")
+    write_json(out_dir / "files.json", listing, indent=1)
     if extract:
         for p in list(paths):
             paths.extend(extract_archive(p, out_dir))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -801,3 +802,77 @@ def write_files(
         if w is not None:
             w.abort()
     return paths
+
+
+def shower_files_in(folder: str | os.PathLike[str]) -> list[Path]:
+    """The HDF5 files (``*.h5``, ``*.hdf5``, ``*.hdf``) directly in ``folder``, sorted; ``[]`` when the
+    folder does not exist."""
+    p = Path(folder)
+    if not p.is_dir():
+        return []
+    return sorted(q for q in p.iterdir() if q.suffix.lower() in _SUFFIXES and q.is_file())
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds shower files and replacing them was not asked for."""
+
+
+def write_folder(
+    chunks: Iterable[Showers],
+    out_dir: str | os.PathLike[str],
+    *,
+    fmt: str,
+    events_per_file: int = 10000,
+    prefix: str = "showers",
+    compression: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """:func:`write_files` all or nothing: the files appear in ``out_dir`` only once every one is written.
+
+    The files are written into a hidden sibling folder ``.NAME.partial-<pid>`` and moved into ``out_dir``
+    at the end (one rename of the folder when ``out_dir`` does not exist yet). When anything fails
+    (a bad input file after good ones, a full disk, Ctrl-C) the partial folder is deleted and ``out_dir``
+    is left as it was.
+
+    Args:
+        chunks, fmt, events_per_file, prefix, compression: as :func:`write_files`.
+        out_dir: the output folder (created if needed).
+        overwrite: allow an ``out_dir`` that already holds HDF5 files; they are deleted once the new set
+            is complete, so the folder then holds exactly the new set.
+
+    Raises:
+        OutputExistsError: ``out_dir`` holds HDF5 files and ``overwrite`` is false (nothing is written).
+    """
+    out = Path(out_dir)
+    existing = shower_files_in(out)
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out}: the output folder already holds {len(existing)} HDF5 file(s) "
+            f"(e.g. {existing[0].name}); choose an empty folder or pass --overwrite to replace them"
+        )
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder; expected an output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        written = write_files(
+            chunks, staging, fmt=fmt, events_per_file=events_per_file, prefix=prefix, compression=compression
+        )
+        if not written:  # no events: nothing to show, and nothing replaced
+            shutil.rmtree(staging, ignore_errors=True)
+            return []
+        if not out.exists():
+            staging.rename(out)
+            return [out / p.name for p in written]
+        final = []
+        for p in written:
+            os.replace(p, out / p.name)
+            final.append(out / p.name)
+        for old in existing:
+            if old not in final:
+                old.unlink()
+        staging.rmdir()
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -5,12 +5,14 @@ asks it for events by index (``read(indices)``) and never cares whether they com
 simulator or from 3DGAN HDF5 files. Every source describes itself (``describe()``) for the run manifest.
 
 - :class:`SimulatedSource`: ``n`` events of :func:`hepgan.data.simulate.simulate`, generated once (in
-  chunks via ``iter_simulate``) and kept in memory. Event ``i`` depends only on ``(seed, start + i)``.
+  chunks via ``iter_simulate``). Small sets are kept in memory; sets above ``in_memory_max_gb`` are
+  written once into an on-disk cache of HDF5 files (:mod:`hepgan.data.cache`) and their rows are read
+  from there on demand. Event ``i`` depends only on ``(seed, start + i)``.
 - :class:`FileSource`: HDF5 files in any format :mod:`hepgan.data.formats` reads (3DGAN fixed-angle,
   3DGAN variable-angle, CaloChallenge). Random access: the requested indices are sorted and grouped per
-  file; uncompressed 3DGAN files are read through a memory map of their cell dataset (conditions kept
+  file; uncompressed 3DGAN files are read by positional reads of their cell dataset (conditions kept
   in memory), other files through ``formats.ShowerFile.take`` on a handle kept open per file. With
-  ``cache=True`` the files that cannot be memory-mapped are kept in RAM (decoded) after their first
+  ``cache=True`` the files that cannot be read directly are kept in RAM (decoded) after their first
   touch, within a memory budget.
 - :class:`SubsetSource`: a fixed selection of another source's events (train/reference splits).
 - :func:`open_source`: a :class:`DataConfig` -> ``Sources(train, reference)``; the reference set is for
@@ -19,6 +21,7 @@ simulator or from 3DGAN HDF5 files. Every source describes itself (``describe()`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,11 +36,13 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import h5py
 import numpy as np
 
+from hepgan.data import cache as sim_cache
 from hepgan.data import formats
 from hepgan.data.formats import ShowerFileError
 from hepgan.data.geometry import get_geometry
-from hepgan.data.simulate import SimulatorConfig, iter_simulate, parse_theta
+from hepgan.data.simulate import EnergySpec, SimulatorConfig, default_workers, iter_simulate, parse_theta
 from hepgan.data.types import Showers
+from hepgan.fileio import write_json
 
 # Reference events of a simulated source are events [REFERENCE_START, REFERENCE_START + n_reference) of the
 # same seed's stream: the contract "event i depends only on (seed, i)" then guarantees that they never
@@ -53,6 +58,9 @@ _SPLIT_SEED = 0x3D6A9
 # Configuration
 # ----------------------------------------------------------------------------------------------------
 
+KINDS = ("simulated", "files")
+"""Values of ``DataConfig.kind`` (interpreted by :func:`open_source`)."""
+
 
 @dataclass
 class DataConfig:
@@ -66,13 +74,21 @@ class DataConfig:
 
     ``kind="simulated"``:
         geometry: ``"fixed25"`` (25x25x25) or ``"angle51"`` (51x51x25).
-        n_events: training events (simulated once, kept in memory: ``n_events * X*Y*Z * 4`` bytes).
+        n_events: training events, simulated once (``n_events * (X*Y*Z + 2) * 4`` bytes: 62.5 kB per fixed25
+            and 260 kB per angle51 shower). Up to ``in_memory_max_gb`` they are kept in memory; larger
+            sets go to the on-disk cache in ``cache_dir`` and are streamed from there.
         n_reference: held-out reference events for validation: events ``REFERENCE_START + i`` of the
             same seed's stream, so never one of the training events.
         energy: primary energy spec in GeV: ``"uniform:10:500"``, ``"loguniform:2:500"``,
             ``"fixed:100"``, ``"list:10,50,100"``.
         theta_deg: polar angle in degrees as a string: ``"90"`` (fixed) or ``"60:120"`` (uniform range).
-        workers: simulator processes.
+        workers: simulator processes (also for writing the disk cache); the events do not depend on it.
+        cache_dir: folder of the on-disk cache of simulated sets (``None`` = ``$HEPGAN_DATA_CACHE``, else
+            ``~/.cache/hepgan/simulated``); see :mod:`hepgan.data.cache`. Shared by every run and job
+            that asks for the same events: put it on a file system all of them see.
+        in_memory_max_gb: a simulated set (training or reference, each on its own) up to this size is
+            simulated into memory on first use; a larger one is cached on disk and streamed, so the
+            process holds only the batches in flight. 0 = always use the disk cache.
         simulator: overrides of :class:`hepgan.data.simulate.SimulatorConfig` fields, e.g.
             ``{"radial_scale": 1.1}`` for 10 % wider showers.
 
@@ -84,7 +100,8 @@ class DataConfig:
         max_events: use at most this many training events (a fixed random subset); ``None`` = all.
         cache: keep whole files in RAM after their first read (decoded float32), while the total stays
             under ``cache_max_gb``. Needed for fast shuffled reading of compressed/chunked files;
-            uncompressed 3DGAN files are memory-mapped instead and never copied (see ``FileSource``).
+            uncompressed 3DGAN files are read row by row from the file instead and never copied (see
+            ``FileSource``). Not to be confused with ``cache_dir``, the simulated-data cache.
         cache_max_gb: RAM budget of the cache (per process).
         file_format: ``None`` (detect) or a :func:`hepgan.data.formats.detect_format` name.
         file_geometry: cell grid for CaloChallenge files that do not store one (``"fixed25"``,
@@ -107,6 +124,8 @@ class DataConfig:
     energy: str = "uniform:10:500"
     theta_deg: str = "90"
     workers: int = 1
+    cache_dir: str | None = None
+    in_memory_max_gb: float = 1.0
     simulator: dict[str, Any] = field(default_factory=dict)
     # files
     paths: list[str] = field(default_factory=list)
@@ -216,12 +235,21 @@ class ArraySource:
 
 
 class SimulatedSource:
-    """``n`` events of the embedded simulator, generated on first use and kept in memory.
+    """``n`` events of the embedded simulator, generated once on first use.
 
     Event ``i`` of this source is simulator event ``start + i`` of stream ``seed``, so two sources with the
-    same seed and disjoint ``[start, start + n)`` ranges never share an event. Generation streams through
-    ``iter_simulate`` into preallocated arrays (no second copy) and happens once, on the first ``read``
-    (thread-safe); each process of a multi-process run generates its own identical copy.
+    same seed and disjoint ``[start, start + n)`` ranges never share an event.
+
+    Where the events live depends on their size, ``n * (X*Y*Z + 2) * 4`` bytes:
+
+    - up to ``in_memory_max_gb``: generated on the first ``read`` (thread-safe) by streaming
+      ``iter_simulate`` into preallocated arrays, and kept in memory; each process of a multi-process run
+      generates its own identical copy.
+    - above: written once into the on-disk cache (:func:`hepgan.data.cache.ensure`: HDF5 files in the
+      3DGAN layout under ``cache_dir``, shared by every process, job and later run with the same
+      settings), on the first ``read`` unless :meth:`prepare` was called; rows are then read from those
+      files on demand (:class:`FileSource`), so the process holds only what ``read`` returns. The values
+      are bitwise those of the in-memory path.
 
     Args:
         n: number of events.
@@ -231,12 +259,18 @@ class SimulatedSource:
         config: simulator settings (``None`` = defaults, fixed25 geometry).
         seed: simulator seed.
         start: index of the first event in the seed's stream.
-        workers: simulator processes.
-        chunk: events per ``iter_simulate`` chunk.
+        workers: simulator processes (0 = one per usable core).
+        chunk: events per ``iter_simulate`` chunk (in-memory path).
         progress: show the simulator's progress bar while generating.
+        cache_dir: folder of the on-disk cache (``None``: :func:`hepgan.data.cache.default_cache_dir`).
+        in_memory_max_gb: the largest set kept in memory; larger sets use the disk cache (0 = always).
+
+    Raises:
+        ValueError: ``n <= 0``; an in-memory set larger than 80 % of this machine's memory; a disk-cached
+            set larger than the free space of the cache's file system (checked unless the set is there).
     """
 
-    fresh_arrays = True  # read() indexes with an integer array: always a copy
+    fresh_arrays = True  # read() indexes with an integer array or reads into new arrays: always a copy
 
     def __init__(
         self,
@@ -249,25 +283,45 @@ class SimulatedSource:
         workers: int = 1,
         chunk: int = 2048,
         progress: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        in_memory_max_gb: float = 1.0,
     ) -> None:
         if int(n) <= 0:
             raise ValueError(f"SimulatedSource: n must be > 0; got {n}")
+        if int(workers) < 0:
+            raise ValueError(f"SimulatedSource: workers must be >= 0 (0 = one per core); got {workers}")
         self.n = int(n)
         self.energy = energy
         self.theta_deg = parse_theta(theta_deg)
         self.config = config if config is not None else SimulatorConfig()
-        self.seed, self.start, self.workers, self.chunk = int(seed), int(start), int(workers), int(chunk)
+        self.seed, self.start, self.chunk = int(seed), int(start), int(chunk)
+        self.workers = int(workers) or default_workers()
         self.progress = bool(progress)
         self._grid = tuple(int(g) for g in self.config.grid_geometry().shape)
-        need = self.n * (int(np.prod(self._grid)) + 2) * 4
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
-        if ram and need > 0.8 * ram:
-            raise ValueError(
-                f"SimulatedSource: {self.n} events of grid {self._grid} need {need / 1e9:.1f} GB in memory, "
-                f"more than 80 % of this machine's {ram / 1e9:.1f} GB; write them to files once "
-                "(hepgan-simulate) and train with data.kind=files"
-            )
+        self._set = sim_cache.SimulatedSet(
+            n=self.n,
+            start=self.start,
+            seed=self.seed,
+            energy=EnergySpec.coerce(energy),
+            theta_deg=self.theta_deg,
+            config=self.config,
+        )
+        need = self._set.nbytes
+        self.on_disk = need > float(in_memory_max_gb) * 1e9
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else sim_cache.default_cache_dir()
+        if self.on_disk:
+            if not sim_cache.is_complete(self._set, self.cache_path):
+                sim_cache.check_space(self._set, self.cache_dir)
+        else:
+            ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+            if ram and need > 0.8 * ram:
+                raise ValueError(
+                    f"SimulatedSource: {self.n} events of grid {self._grid} need {need / 1e9:.1f} GB in "
+                    f"memory, more than 80 % of this machine's {ram / 1e9:.1f} GB; lower "
+                    "data.in_memory_max_gb so that they are cached on disk and streamed"
+                )
         self._data: Showers | None = None
+        self._files: FileSource | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -281,8 +335,40 @@ class SimulatedSource:
     def has_theta(self) -> bool:
         return True
 
+    @property
+    def cache_path(self) -> Path:
+        """The folder of this set in the disk cache (whether or not it is used or exists yet)."""
+        return sim_cache.cache_path(self._set, self.cache_dir)
+
+    def prepare(self) -> Path | None:
+        """Make the events now rather than on the first ``read``: write the disk cache (or find it
+        complete) and return its folder, or simulate into memory and return ``None``."""
+        if self.on_disk:
+            return self._file_source().paths[0].parent
+        self.materialise()
+        return None
+
+    def _file_source(self) -> FileSource:
+        with self._lock:
+            if self._files is None:
+                folder = sim_cache.ensure(
+                    self._set, self.cache_dir, workers=self.workers, progress=self.progress
+                )
+                files = FileSource(sim_cache.files_of(folder), cache=False)
+                if len(files) != self.n or files.grid != self.grid:
+                    files.close()
+                    raise ValueError(
+                        f"simulated-data cache {folder}: holds {len(files)} events of grid "
+                        f"{files.grid}, expected {self.n} of {self.grid}; delete the folder to rebuild it"
+                    )
+                self._files = files
+            return self._files
+
     def materialise(self) -> Showers:
-        """Generate (once) and return all ``n`` events: ``ecal [n, X, Y, Z]`` GeV, ``energy``, ``theta``."""
+        """All ``n`` events: ``ecal [n, X, Y, Z]`` GeV, ``energy [n]`` GeV, ``theta [n]`` rad. Generated once
+        and kept for an in-memory set; read from the disk cache (a new copy each call) otherwise."""
+        if self.on_disk:
+            return self.read(np.arange(self.n))
         with self._lock:
             if self._data is None:
                 self._data = self._generate()
@@ -316,7 +402,18 @@ class SimulatedSource:
     def read(self, indices: np.ndarray) -> Showers:
         """Events ``indices`` in the given order: ``ecal [k, X, Y, Z]`` GeV, ``energy [k]`` GeV,
         ``theta [k]`` rad."""
-        return self.materialise()[_check_indices(indices, self.n, "SimulatedSource")]
+        idx = _check_indices(indices, self.n, "SimulatedSource")
+        if not self.on_disk:
+            return self.materialise()[idx]
+        got = self._file_source().read(idx)
+        # fixed25 files at normal incidence store no angle; the simulator's angle there is pi/2 exactly
+        return Showers(got.ecal, got.energy, got.theta_or_normal())
+
+    def close(self) -> None:
+        """Close the cache files (they reopen on the next read); an in-memory set is kept."""
+        with self._lock:
+            if self._files is not None:
+                self._files.close()
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -416,9 +513,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         disk = disk if isinstance(disk, dict) else {}
         disk[key] = digest
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(disk))
-        os.replace(tmp, cache_file)
+        write_json(cache_file, disk, indent=None)
     except OSError:
         pass
     return digest
@@ -432,10 +527,14 @@ class _RowReader:
 
     Shuffled training reads a few scattered events per file and batch; HDF5 point selections cost far
     more than the bytes they move. So the per-event conditions (primary energy, angle: a few bytes per
-    event) are read once and kept, and the cells come from a memory map of ``ECAL`` when it is stored
-    contiguously, unfiltered, in native floats (what ``formats.write_file`` writes by default); a
-    chunked or compressed ``ECAL`` falls back to an h5py selection of the rows. Every event is checked
-    the first time it is read (finite, non-negative cells), as ``formats`` checks what it reads.
+    event) are read once and kept, and when ``ECAL`` is stored contiguously, unfiltered, in floats (what
+    ``formats.write_file`` writes by default) its rows are read with positional reads (``preadv``, one
+    per run of consecutive rows) straight into the answer (``direct``); a chunked or compressed ``ECAL``
+    falls back to an h5py selection of the rows. Positional reads rather than a memory map: the bytes
+    then stay in the OS page cache, outside the process, whose resident memory stays at the batches in
+    flight however much of the file an epoch touches (batch schedulers count mapped pages as the job's
+    memory). Every event is checked the first time it is read (finite, non-negative cells), as
+    ``formats`` checks what it reads.
 
     The layout rules (energy in ``target[:, 1]`` or ``energy``; angle in ``theta``, else ``mtheta`` for
     the angle layout) are those of ``formats``, whose ``ShowerFile`` has validated the file beforehand.
@@ -443,6 +542,7 @@ class _RowReader:
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.path = path
+        self._fd: int | None = None
         self._f = h5py.File(path, "r")
         try:
             ecal = self._f["ECAL"]
@@ -466,27 +566,57 @@ class _RowReader:
                 raise ShowerFileError(path, f"event {i} has a non-finite angle; expected radians", theta_key)
             plist = ecal.id.get_create_plist()
             offset = ecal.id.get_offset()
-            flat = (
+            direct = (
                 plist.get_layout() == h5py.h5d.CONTIGUOUS
                 and plist.get_nfilters() == 0
                 and plist.get_external_count() == 0
                 and offset is not None
                 and ecal.dtype.kind == "f"
+                and hasattr(os, "preadv")
             )
-            self.cells: Any = (
-                np.memmap(path, dtype=ecal.dtype, mode="r", offset=offset, shape=ecal.shape) if flat else ecal
-            )
-            self.memory_mapped = flat
+            self.direct = direct
+            self._shape: tuple[int, ...] = tuple(ecal.shape)
+            self._dtype = ecal.dtype
+            self._offset = int(offset) if direct else 0
+            self._row_bytes = int(np.prod(self._shape[1:])) * ecal.dtype.itemsize
+            self._cells: Any = None if direct else ecal
             self._checked = np.zeros(ecal.shape[0], bool)
+            if direct:
+                self._fd = os.open(path, os.O_RDONLY)
         except BaseException:
             self._f.close()
             raise
-        if flat:  # everything needed is in memory or mapped: no HDF5 handle to hold
+        if direct:  # everything needed is in memory or one read away: no HDF5 handle to hold
             self._f.close()
+
+    def _pread_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Cells of ``rows`` (sorted, unique) as ``[k, X, Y, Z]`` in the file's dtype."""
+        assert self._fd is not None
+        out = np.empty((rows.size, *self._shape[1:]), self._dtype)
+        raw = out.reshape(-1).view(np.uint8)
+        rb = self._row_bytes
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, rows.size], strict=True):
+            view = memoryview(raw[a * rb : b * rb])
+            pos = self._offset + int(rows[a]) * rb
+            while view.nbytes:  # a short read (signals, network file systems) continues where it stopped
+                got = os.preadv(self._fd, [view], pos)
+                if got <= 0:
+                    raise ShowerFileError(
+                        self.path, f"file ends before event {int(rows[b - 1])}; truncated?", "ECAL"
+                    )
+                view, pos = view[got:], pos + got
+        return out
 
     def take(self, rows: np.ndarray) -> Showers:
         """Events at ``rows`` (sorted, unique): ``ecal [k, X, Y, Z]`` f32 GeV, ``energy [k]``, ``theta``."""
-        ecal = np.ascontiguousarray(self.cells[rows], dtype=np.float32)
+        if self.direct:
+            if self._fd is None:
+                raise ValueError(f"{self.path}: reader is closed")
+            cells = self._pread_rows(rows)
+        else:
+            cells = self._cells[rows]
+        ecal = np.ascontiguousarray(cells, dtype=np.float32)
         new = ~self._checked[rows]
         if new.any():
             flat = ecal[new].reshape(int(new.sum()), -1)
@@ -501,10 +631,20 @@ class _RowReader:
         return Showers(ecal=ecal, energy=self.energy[rows], theta=theta)
 
     def close(self) -> None:
-        """Drop the memory map and close the HDF5 file (idempotent)."""
-        self.cells = None
+        """Close the file descriptor and the HDF5 file (idempotent)."""
+        self._cells = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._f.id.valid:
             self._f.close()
+
+    def __del__(self) -> None:
+        # A source dropped without close(): do not leak the descriptor.
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class FileSource:
@@ -516,16 +656,16 @@ class FileSource:
     share in one go and returns the events in the requested order. Handles stay open (at most
     ``max_open`` at once, least recently used closed first), so a shuffled batch costs no file opens.
     Files in the 3DGAN layouts (``fixed25``, ``angle``) are read by :class:`_RowReader` (conditions held
-    in memory, cells gathered from a memory map of the contiguous ``ECAL`` dataset: about 4x faster than
-    an HDF5 point selection); other formats by ``formats.ShowerFile.take``.
+    in memory, cells read by positional reads of the contiguous ``ECAL`` dataset, far faster than an HDF5
+    point selection); other formats by ``formats.ShowerFile.take``.
 
     Args:
         paths: files, directories or globs (see ``hepgan.data.formats.expand_paths``).
         cache: keep each file's decoded events in RAM after its first read, while the total stays under
             ``cache_max_gb``; later reads of a cached file are memory copies. Files beyond the budget
-            are read from disk as without the cache. Files read through a memory map (uncompressed
-            3DGAN layouts) are never copied into it: the OS page cache already keeps them in memory in
-            their final form. The cache pays off for compressed or chunked files, whose random rows
+            are read from disk as without the cache. Files read directly (uncompressed 3DGAN layouts)
+            are never copied into it: the OS page cache already keeps them in memory in their final
+            form. The cache pays off for compressed or chunked files, whose random rows
             cost a chunk decompression each (slower than simulating), and for CaloChallenge files.
         cache_max_gb: RAM budget of the cache (per process).
         fmt: force a format name (default: detected per file).
@@ -623,7 +763,7 @@ class FileSource:
             hit = self._cache.get(f)
             if hit is not None:
                 return hit
-            if getattr(self._handle(f), "memory_mapped", False):
+            if getattr(self._handle(f), "direct", False):
                 return None  # the OS page cache already holds these bytes in their final form
             need = int(self.counts[f]) * (int(np.prod(self._grid)) + 2) * 4
             if self._cached_bytes + need > self.cache_max_bytes:
@@ -735,7 +875,7 @@ def open_source(cfg: DataConfig, *, reference_start: int | None = None) -> Sourc
         if reference_start is not None:
             raise ValueError("open_source: reference_start applies to simulated data only; data.kind='files'")
         return _open_files(cfg)
-    raise ValueError(f"data.kind: expected 'simulated' or 'files'; got {cfg.kind!r}")
+    raise ValueError(f"data.kind: expected one of {list(KINDS)}; got {cfg.kind!r}")
 
 
 def _open_simulated(cfg: DataConfig, reference_start: int) -> Sources:
@@ -759,6 +899,12 @@ def _open_simulated(cfg: DataConfig, reference_start: int) -> Sources:
             f"data.simulator: unknown simulator setting in {overrides}; valid: {fields}"
         ) from exc
 
+    if not isinstance(cfg.workers, int) or cfg.workers < 1:
+        raise ValueError(f"data.workers: expected an integer >= 1; got {cfg.workers!r}")
+    limit = cfg.in_memory_max_gb
+    if not isinstance(limit, int | float) or not limit >= 0:
+        raise ValueError(f"data.in_memory_max_gb: expected a number >= 0; got {limit!r}")
+
     def make(n: int, start: int) -> SimulatedSource:
         return SimulatedSource(
             n,
@@ -768,6 +914,8 @@ def _open_simulated(cfg: DataConfig, reference_start: int) -> Sources:
             seed=cfg.seed,
             start=start,
             workers=cfg.workers,
+            cache_dir=cfg.cache_dir,
+            in_memory_max_gb=float(limit),
         )
 
     return Sources(train=make(cfg.n_events, 0), reference=make(cfg.n_reference, reference_start))
