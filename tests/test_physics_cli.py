@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,14 +46,17 @@ def test_mismatched_grids_exit_nonzero_with_message(
     assert "grid (51, 51, 25)" in err and "(25, 25, 25)" in err and "Traceback" not in err
 
 
-def test_too_few_events_names_the_metric(
+def test_too_few_events_skips_the_metric_with_a_note(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc = main(
         [str(files["gen"]), str(files["ref"]), "--out", str(tmp_path), "--metrics", "fpd", "--no-report"]
     )
-    assert rc == 1
-    assert "'fpd' needs at least 500 events" in capsys.readouterr().err
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["skipped"] == {"fpd": "needs >= 500 events in each set; got 400"}
+    assert "fpd" not in metrics and metrics["physics_score"] >= 0
+    assert "skipped fpd: needs >= 500 events in each set; got 400" in capsys.readouterr().out
 
 
 def test_missing_file_and_checkpoint_usage_errors(
@@ -65,3 +69,52 @@ def test_missing_file_and_checkpoint_usage_errors(
     assert "give neither" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "no_run"), "--out", str(tmp_path / "ev")]) == 1
     assert "no_run" in capsys.readouterr().err
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """An output folder that cannot be made: under a read-only folder, or under a regular file when the
+    tests run as root (root writes into read-only folders)."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro / "out"
+    (tmp_path / "afile").write_text("")
+    return tmp_path / "afile" / "sub"
+
+
+def test_unwritable_out_fails_before_any_work(
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = _unwritable(tmp_path)
+    import hepgan.physics.extract
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated although --out cannot be written")
+
+    monkeypatch.setattr(hepgan.physics.extract, "extract", no_work)
+    assert main([str(files["gen"]), str(files["ref"]), "--out", str(out), "--metrics", "fast"]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # --checkpoint: the folder is checked before the run is even looked for
+    assert main(["--checkpoint", str(tmp_path / "no_run"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "no_run" not in err
+
+
+def test_checkpoint_restore_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hepgan.train.api
+
+    def mismatch(*args: object, **kwargs: object) -> None:
+        raise ValueError("model mismatch: checkpoint fixed25/paper, config fixed25/small")
+
+    monkeypatch.setattr(hepgan.train.api, "evaluate_checkpoint", mismatch)
+    assert main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "ev")]) == 1
+    err = capsys.readouterr().err
+    assert err == "hepgan-evaluate: model mismatch: checkpoint fixed25/paper, config fixed25/small\n"
+    assert not (tmp_path / "ev").exists()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,7 +13,8 @@ from hepgan.data.types import Showers
 from hepgan.physics import binning, classifier, distances, fpd
 from hepgan.physics.errors import GridMismatchError, InsufficientEventsError
 from hepgan.physics.extract import extract
-from hepgan.physics.metrics import FAST, evaluate, gan3d_terms, resolve_metrics
+from hepgan.physics.metrics import FAST, SCORE_OBSERVABLES, evaluate, gan3d_terms, resolve_metrics
+from hepgan.physics.report import write_metrics, write_report
 
 
 def _random_showers(
@@ -205,10 +210,47 @@ def test_grid_mismatch_raises() -> None:
 
 def test_too_few_events_names_metric_and_count() -> None:
     a, b = _random_showers(150, seed=12), _random_showers(150, seed=13)
+    x = extract(a).features(("e_vis", "sf"))
     with pytest.raises(InsufficientEventsError, match=r"'fpd' needs at least 500 events.*got 150"):
-        evaluate(a, b, metrics=["fpd"])
+        fpd.fpd(x, x)
     with pytest.raises(InsufficientEventsError, match=r"'classifier_hlf' needs at least 200"):
-        evaluate(a, b, metrics=["classifier_hlf"])
-    # an energy bin of the reference that the generated set does not populate
+        classifier.classifier_auc(x, x, name="classifier_hlf")
+    # an energy bin of the reference that the generated set does not populate: every metric needs the
+    # bins, so this is not a metric to skip but an evaluation that cannot be done
     with pytest.raises(InsufficientEventsError, match=r"generated set in bin E 60-1000"):
         evaluate(a[a.energy < 50], b, metrics="fast", energy_bins=[0, 60, 1000])
+
+
+def test_metric_too_small_a_sample_is_skipped_with_a_note(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = _random_showers(64, seed=14), _random_showers(64, seed=15)
+    skipped: dict[str, str] = {}
+    m = evaluate(a, b, metrics="all", skipped=skipped)
+    assert skipped == {
+        "fpd": "needs >= 500 events in each set; got 64",
+        "kpd": "needs >= 100 events in each set; got 64",
+        "classifier_hlf": "needs >= 200 events in each set; got 64",
+        "classifier_cells": "needs >= 200 events in each set; got 64",
+    }
+    assert not {"fpd", "fpd_err", "kpd", "auc_hlf", "auc_cells"} & set(m)
+    # the metrics the sample suffices for are all there, and the dict stays one of numbers
+    assert {"physics_score", "sf_rel_error", "gan3d_metric", "chi2ndf/sf"} <= set(m)
+    assert all(isinstance(float(v), float) for v in m.values())
+    # a caller that passes no dict (the training loop) still gets its metrics, and the log says why
+    with caplog.at_level(logging.WARNING, logger="hepgan.physics.metrics"):
+        assert evaluate(a, b, metrics=["sf", "fpd"]).keys() == {
+            *("n_generated", "n_reference", "n_bins", "physics_score"),
+            *("sf_rel_error", "sf_rel_error_max", "sep_mean", "sep_rms", "sep_max", "sep/cell_spectrum"),
+            *(f"sep/{n}" for n in SCORE_OBSERVABLES),
+        }
+    assert "metric 'fpd' skipped: needs >= 500 events in each set; got 64" in caplog.text
+
+    html = write_report(tmp_path, a, b, m, skipped=skipped).read_text()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["skipped"] == skipped
+    assert saved["physics_score"] == pytest.approx(m["physics_score"])
+    assert "Skipped metrics" in html and "<b>fpd</b>: needs &gt;= 500 events in each set; got 64" in html
+    # nothing skipped: no "skipped" key, so readers of the numbers see only numbers
+    write_metrics(tmp_path / "plain", {"physics_score": 0.5}, skipped={})
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text()) == {"physics_score": 0.5}

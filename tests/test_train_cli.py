@@ -83,9 +83,15 @@ def test_generate_bad_run_dir(tmp_path):
 def test_failure_is_recorded_once_per_process(tmp_path, process_id):
     # A bad setting under a two-process layout: each process prints the error and exits non-zero; process
     # 0 writes result.json, process 1 its own result.rank1.json (it must not overwrite process 0's file).
+    # The setting comes from an experiment file: on the command line it would be refused before Hydra runs.
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "bad.yaml").write_text(
+        "# @package _global_\ntrain:\n  on_nonfinite: retry\n"
+    )
     p = run(
-        BIN / "hepgan-train", "debug=default", f"out={tmp_path / 'r'}", "train.on_nonfinite=retry",
-        "parallel.launcher=explicit", "parallel.coordinator_address=127.0.0.1:1", "parallel.num_processes=2",
+        BIN / "hepgan-train", "debug=default", f"out={tmp_path / 'r'}", "experiment=bad",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "parallel.launcher=explicit",
+        "parallel.coordinator_address=127.0.0.1:1", "parallel.num_processes=2",
         f"parallel.process_id={process_id}", cwd=tmp_path,
     )  # fmt: skip
     assert p.returncode == 1, p.stderr[-3000:]
@@ -96,3 +102,121 @@ def test_failure_is_recorded_once_per_process(tmp_path, process_id):
     res = json.loads((tmp_path / "r" / name).read_text())
     assert res["status"] == "error" and res["process"] == process_id
     assert ("(process 1)" in p.stderr) == (process_id == 1)
+
+
+def test_misspelt_choice_fails_at_compose_time_listing_choices():
+    from hepgan.train.config import check_overrides, compose
+
+    for check in (check_overrides, compose):
+        with pytest.raises(
+            ValueError, match=r"optim\.name: 'adamw' is not a valid choice; valid choices: rmsprop, adam"
+        ):
+            check(["optim.name=adamw"])
+    # every value of a sweep is checked, not only the first
+    with pytest.raises(ValueError, match=r"parallel\.backend: 'nccl'.*xla, shard_map, mpi"):
+        check_overrides(["parallel.backend=xla,nccl"])
+    check_overrides(["optim.name=adam,rmsprop", "scaling.rule=null", "train.val_metrics=[fast,fpd]"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("logging.every_steps=0", r"logging\.every_steps: 0 is out of range; must be >= 1"),
+        ("train.batch_size=0", r"train\.batch_size: 0 .*>= 1"),
+        ("train.epochs=-1", r"train\.epochs: -1 .*>= 0"),
+        ("train.keep_last=0", r"train\.keep_last: 0 .*>= 1"),
+        ("train.label_flip=1.5", r"train\.label_flip: 1\.5 .*in \[0, 1\]"),
+        ("train.ema_decay=1.0", r"train\.ema_decay: 1\.0 .*in \[0, 1\)"),
+        ("train.val_metrics=[fast,fsat]", r"train\.val_metrics: 'fsat' is not a valid choice"),
+    ],
+)
+def test_nonsense_values_fail_at_compose_time(override, message):
+    from hepgan.train.config import check_overrides
+
+    with pytest.raises(ValueError, match=message):
+        check_overrides([override])
+
+
+def test_values_from_yaml_are_validated_by_to_config():
+    # what an experiment file or a Python user brings in never passes check_overrides: to_config (which
+    # fit() and restore_run() call first) checks the same table
+    from hepgan.train.config import to_config
+
+    with pytest.raises(ValueError) as err:
+        to_config({"logging": {"every_steps": 0}, "train": {"on_nonfinite": "retry"}})
+    assert "logging.every_steps: 0 is out of range; must be >= 1" in str(err.value)  # every bad key
+    assert "train.on_nonfinite: 'retry' is not a valid choice; valid choices: stop, rollback" in str(
+        err.value
+    )
+    with pytest.raises(ValueError, match=r"unknown config key 'optim\.lr_gg'.*valid keys: name, lr_g"):
+        to_config({"optim": {"lr_gg": 1e-3}})
+    with pytest.raises(ValueError, match=r"'train\.batch_size'.*'abc'"):
+        to_config({"train": {"batch_size": "abc"}})
+    assert to_config({"optim": {"name": "adam"}}).optim.name == "adam"
+
+
+def test_train_misspelt_choice_exits_before_hydra(tmp_path):
+    p = run(BIN / "hepgan-train", "optim.name=adamw", cwd=tmp_path)
+    assert p.returncode == 1
+    assert "optim.name: 'adamw' is not a valid choice; valid choices: rmsprop, adam" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _unwritable(tmp_path):
+    """An output folder that cannot be made: under a read-only folder, or under a regular file when the
+    tests run as root (root writes into read-only folders)."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro / "out"
+    (tmp_path / "afile").write_text("")
+    return tmp_path / "afile" / "sub"
+
+
+def test_generate_unwritable_out_fails_before_restoring(tmp_path, capsys, monkeypatch):
+    import hepgan.train.checkpoint
+    from hepgan.cli.generate import main
+
+    def no_restore(*args, **kwargs):
+        raise AssertionError("restored although --out cannot be written")
+
+    monkeypatch.setattr(hepgan.train.checkpoint, "restore_run", no_restore)
+    out = _unwritable(tmp_path)
+    assert main([str(tmp_path / "run"), "--n", "4", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_restore_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import hepgan.train.checkpoint
+    from hepgan.cli.generate import main
+
+    # a manifest whose config is no longer valid: to_config's ValueError, through the real restore_run
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps({"config": {"optim": {"name": "adamw"}}}))
+    assert main([str(run_dir), "--n", "4", "--out", str(tmp_path / "gen")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hepgan-generate: invalid config: optim.name: 'adamw'") and err.count("\n") == 1
+
+    def mismatch(*args, **kwargs):
+        raise ValueError("model mismatch: checkpoint fixed25/paper, config fixed25/small")
+
+    monkeypatch.setattr(hepgan.train.checkpoint, "restore_run", mismatch)
+    assert main([str(run_dir), "--n", "4", "--out", str(tmp_path / "gen")]) == 1
+    assert (
+        capsys.readouterr().err
+        == "hepgan-generate: model mismatch: checkpoint fixed25/paper, config fixed25/small\n"
+    )
+    assert not (tmp_path / "gen").exists()
+
+
+def test_every_checked_key_is_a_schema_key_with_a_valid_default():
+    # a field renamed in a room's schema must not leave a stale entry behind (validate() reads them all)
+    from hepgan.train.config import CHOICES, RANGES, Config, check_key, validate
+
+    for key in (*CHOICES, *RANGES):
+        check_key(key)
+    validate(Config())

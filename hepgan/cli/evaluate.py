@@ -4,8 +4,11 @@
 
 GENERATED and REFERENCE are shower files, directories or globs in any supported format (3DGAN
 fixed-angle, 3DGAN variable-angle, CaloChallenge). Writes ``metrics.json``, ``figures/*.png`` and
-``report.html`` into ``--out`` and prints the main numbers. Exit status 0 on success, 1 when the inputs
-cannot be compared (message on stderr), 2 for command-line errors.
+``report.html`` into ``--out`` and prints the main numbers. A metric the sets are too small for (FPD
+under 500 events per set, KPD under 100, the classifiers under 200) is skipped: ``metrics.json`` lists it
+with the reason under ``"skipped"``, the report and the printout say so. Exit status 0 on success, 1 when
+the inputs cannot be compared, a run cannot be restored or ``--out`` cannot be written (checked before
+any reading; message on stderr), 2 for command-line errors.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -74,19 +76,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _print_skipped(skipped: dict[str, str]) -> None:
+    for name, reason in sorted(skipped.items()):
+        print(f"  skipped {name}: {reason}")
+
+
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     """``--checkpoint RUN_DIR``: regenerate at a fresh held-out reference's conditions, score, write."""
+    from hepgan.cli.outdir import check_writable_dir
     from hepgan.physics.report import write_metrics
     from hepgan.train.api import evaluate_checkpoint
 
     if args.generated is not None:
         print("hepgan-evaluate: --checkpoint replaces GENERATED and REFERENCE; give neither", file=sys.stderr)
         return 2
+    skipped: dict[str, str] = {}
     try:
+        out = check_writable_dir(args.out)
+        # restore_run's documented errors: ValueError (damaged step, model mismatch), FileNotFoundError
         metrics = evaluate_checkpoint(
-            args.checkpoint, n_events=args.max_events or 5000, seed=args.seed, metrics=args.metrics
+            args.checkpoint,
+            n_events=args.max_events or 5000,
+            seed=args.seed,
+            metrics=args.metrics,
+            skipped=skipped,
         )
-        path = write_metrics(Path(args.out), metrics)
+        path = write_metrics(out, metrics, skipped=skipped)
     except (ValueError, OSError) as exc:  # FileNotFoundError is an OSError
         print(f"hepgan-evaluate: {exc}", file=sys.stderr)
         return 1
@@ -94,6 +109,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     for k in HEADLINE:
         if k in metrics:
             print(f"  {k:<14} {metrics[k]:.4g}")
+    _print_skipped(skipped)
     print(f"wrote {path}")
     return 0
 
@@ -110,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hepgan-evaluate: --max-events must be >= 1; got {args.max_events}", file=sys.stderr)
         return 2
 
+    from hepgan.cli.outdir import check_writable_dir
     from hepgan.physics.extract import extract
     from hepgan.physics.metrics import evaluate_observables, resolve_metrics
     from hepgan.physics.report import write_metrics, write_report
 
+    skipped: dict[str, str] = {}
     try:
         names = resolve_metrics(args.metrics or ["all"])
+        out = check_writable_dir(args.out)
         t0 = time.perf_counter()
         gen = _read([args.generated], args.max_events, "generated")
         ref = _read([args.reference], args.max_events, "reference")
@@ -129,13 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_observables(
             g, r, metrics=names, seed=args.seed, energy_bins=args.energy_bins,
             theta_bins=None if args.theta_bins is None else list(np.deg2rad(args.theta_bins)),
-            duplicate_moment_term=args.legacy_gan3d, cells=(gen, ref),
+            duplicate_moment_term=args.legacy_gan3d, cells=(gen, ref), skipped=skipped,
         )  # fmt: skip
-        out = Path(args.out)
         path = (
-            write_metrics(out, metrics)
+            write_metrics(out, metrics, skipped=skipped)
             if args.no_report
-            else write_report(out, gen, ref, metrics, observables=(g, r))
+            else write_report(out, gen, ref, metrics, observables=(g, r), skipped=skipped)
         )
     except (ValueError, OSError) as exc:  # ShowerFileError and the evaluation errors are ValueErrors
         print(f"hepgan-evaluate: {exc}", file=sys.stderr)
@@ -147,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if k in metrics:
             err = metrics.get(f"{k}_err")
             print(f"  {k:<14} {metrics[k]:.4g}" + (f" +- {err:.2g}" if err is not None else ""))
+    _print_skipped(skipped)
     print(f"wrote {path}")
     return 0
 

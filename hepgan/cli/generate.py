@@ -5,6 +5,9 @@
 
 The generator is the run's EMA generator at its newest intact checkpoint (``--best``: the checkpoint with
 the lowest validation ``physics_score``); showers are in file units (GeV), as the training data.
+Exit status 0 on success, 1 with a one-paragraph message when the run cannot be restored (missing or
+damaged checkpoint, a model that does not match the checkpoint) or ``--out`` cannot be written (checked
+before the model is restored), 2 for command-line errors.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from hepgan.data.formats import FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default="generated", help="output directory (default %(default)s)")
     p.add_argument(
-        "--format", default=None, help="fixed25, angle or calochallenge (default: the model's own)"
+        "--format",
+        default=None,
+        choices=FORMATS,
+        help="fixed25, angle or calochallenge (default: the model's own)",
     )
     p.add_argument("--events-per-file", type=int, default=10000)
     p.add_argument("--batch", type=int, default=256, help="showers per generator call")
@@ -48,20 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # restore_run's documented errors; FileNotFoundError is an OSError
         print(f"hepgan-generate: {exc}", file=sys.stderr)
         return 1
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hepgan.cli.outdir import check_writable_dir
     from hepgan.data.formats import write_files
     from hepgan.data.simulate import EnergySpec, parse_theta
     from hepgan.data.types import Showers
     from hepgan.train.checkpoint import restore_run
     from hepgan.train.state import generate
 
-    if args.n < 1 or args.batch < 1:
-        raise ValueError(f"--n and --batch must be positive; got {args.n} and {args.batch}")
+    if args.n < 1 or args.batch < 1 or args.events_per_file < 1:
+        raise ValueError(
+            f"--n, --batch and --events-per-file must be positive; got {args.n}, {args.batch} and "
+            f"{args.events_per_file}"
+        )
+    check_writable_dir(args.out)  # before minutes of restoring and generating, not after
     spec = EnergySpec.parse(args.energy)
     lo, hi = parse_theta(args.theta_deg)
     rng = np.random.default_rng(args.seed)

@@ -59,7 +59,9 @@ def fpd(
     """FPD ``(value, error)`` between feature sets ``ref: [N, F]`` and ``gen: [M, F]`` (unit-free).
 
     Sizes default to ``max_samples = min(N, M, 50000)`` and ``min_samples = 0.4 * max_samples`` (the
-    20k..50k ratio of JetNet's defaults); resampling is with replacement, as JetNet's.
+    20k..50k ratio of JetNet's defaults); resampling is with replacement, as JetNet's. Raises
+    :class:`InsufficientEventsError` when a set holds fewer than ``MIN_EVENTS_FPD`` events (the fit in
+    1/N needs sizes well apart; :func:`hepgan.physics.metrics.evaluate` then skips the metric).
     """
     n = min(len(ref), len(gen))
     if n < MIN_EVENTS_FPD:
@@ -112,7 +114,8 @@ def kpd(
 
     Batches are drawn without replacement and ``batch_size`` is capped at half the smaller set: a batch
     with repeated events puts ``k(x, x)`` terms off the diagonal and biases the unbiased estimator up,
-    which matters here because our sets are smaller than JetNet's recommended 50k.
+    which matters here because our sets are smaller than JetNet's recommended 50k. Raises
+    :class:`InsufficientEventsError` when a set holds fewer than ``MIN_EVENTS_KPD`` events.
     """
     n = min(len(ref), len(gen))
     if n < MIN_EVENTS_KPD:

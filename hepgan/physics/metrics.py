@@ -23,6 +23,12 @@ Groups: ``"fast"`` = sf + separation + gan3d (a few seconds for 1-2k events, for
 ``"all"`` (the default, ``metrics=None``) = everything. ``classifier_hlf`` / ``classifier_cells`` select
 one of the two classifiers.
 
+A metric that needs more events than the sets hold (``fpd`` 500, ``kpd`` 100, the classifiers 200 per set)
+is skipped rather than failing the evaluation: its keys are left out, a warning is logged, and the reason
+goes into the caller's ``skipped`` dict (``{"fpd": "needs >= 500 events in each set; got 64"}``), which
+:func:`hepgan.physics.report.write_report` records in ``metrics.json`` and the report. The condition bins
+every metric shares are not optional: a bin with too few events still raises.
+
 ``physics_score = sf_rel_error + sep_rms``, ``sep_rms`` the root mean square over SCORE_OBSERVABLES of
 the separation powers: every term is unit-free and in [0, 1]; the separation powers see the shape of
 each distribution (resolution, tails), not only its mean; the root mean square keeps one badly modelled
@@ -33,6 +39,7 @@ reasoning and the calibration.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -41,9 +48,11 @@ import numpy as np
 from hepgan.data.types import Showers
 from hepgan.physics import binning, classifier, distances
 from hepgan.physics import fpd as fpd_mod
-from hepgan.physics.errors import GridMismatchError
+from hepgan.physics.errors import GridMismatchError, InsufficientEventsError
 from hepgan.physics.extract import ObservableSet, extract
 from hepgan.physics.observables import SCALAR_NAMES
+
+log = logging.getLogger(__name__)
 
 SCORE_OBSERVABLES: tuple[str, ...] = (
     "sf",
@@ -182,6 +191,7 @@ def evaluate(
     pitch: tuple[float, float] | None = None,
     duplicate_moment_term: bool = False,
     timings: dict[str, float] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Compare ``generated`` with ``reference`` showers (``ecal [N, X, Y, Z] GeV``, ``energy [N] GeV``,
     ``theta [N] rad`` or none) at matched conditions; see the module docstring for the metric names.
@@ -190,8 +200,11 @@ def evaluate(
     (:func:`hepgan.physics.binning.make_bins`). ``pitch``: ``(cell_size_mm, layer_thickness_mm)`` for the
     measured angle, default from the geometry preset of the grid. ``duplicate_moment_term``: make
     ``gan3d_metric`` the legacy value (moment term counted twice, as the original 3DGAN code does).
-    ``timings``: if given, filled with wall seconds per stage. Raises :class:`GridMismatchError` or
-    :class:`InsufficientEventsError` (both ``ValueError``) with a message naming the problem.
+    ``timings``: if given, filled with wall seconds per stage. ``skipped``: if given, filled with
+    metric name -> why it was skipped (too few events for it; see the module docstring); the returned dict
+    then simply lacks that metric's keys. Raises :class:`GridMismatchError`, or
+    :class:`InsufficientEventsError` for a condition bin with too few events (both ``ValueError``), with a
+    message naming the problem.
     """
     names = resolve_metrics(metrics)
     check_compatible(generated, reference)
@@ -213,6 +226,7 @@ def evaluate(
         duplicate_moment_term=duplicate_moment_term,
         cells=cells,
         timings=timings,
+        skipped=skipped,
     )
 
 
@@ -227,6 +241,7 @@ def evaluate_observables(
     duplicate_moment_term: bool = False,
     cells: tuple[Showers, Showers] | None = None,
     timings: dict[str, float] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """:func:`evaluate` on observables already extracted (``cells``: the two shower sets, needed only
     by ``classifier_cells``)."""
@@ -343,7 +358,16 @@ def evaluate_observables(
         "classifier_cells": do_cls_cells,
     }
     for name in names:
-        if name in stages:
+        if name not in stages:
+            continue
+        try:
             timed(name, stages[name])
+        except InsufficientEventsError as exc:
+            # one metric the sample is too small for must not cost the others (or a run's final report);
+            # the stages check their sizes before they write any key, so none is half written
+            reason = f"needs >= {exc.needed} events{f' {exc.where}' if exc.where else ''}; got {exc.got}"
+            log.warning("metric %r skipped: %s", name, reason)
+            if skipped is not None:
+                skipped[name] = reason
     out["physics_score"] = out["sf_rel_error"] + out["sep_rms"]
     return out

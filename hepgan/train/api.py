@@ -123,6 +123,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     *,
     metrics: list[str] | str | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Score a trained run's generator on ``n_events`` fresh held-out showers; returns the metrics.
 
@@ -136,8 +137,9 @@ def evaluate_checkpoint(
     training nor its validation used (stream ``data.seed``, after the validation events, offset by
     ``seed``); for file data, the run's held-out reference files/fraction (the first ``n_events``).
     ``metrics``: as :func:`hepgan.physics.metrics.evaluate` (default: the run's ``train.val_metrics``, so
-    ``physics_score`` means what it meant during training). Returns ``{"physics_score", "sf_rel_error",
-    ..., "n_events", "step"}``. Raises FileNotFoundError for a missing run or checkpoint.
+    ``physics_score`` means what it meant during training); ``skipped``: if given, filled with the
+    metrics the sample was too small for and why (as ``evaluate``). Returns ``{"physics_score",
+    "sf_rel_error", ..., "n_events", "step"}``. Raises FileNotFoundError for a missing run or checkpoint.
     """
     from hepgan.data.source import REFERENCE_START, open_source
     from hepgan.data.types import Showers
@@ -164,5 +166,8 @@ def evaluate_checkpoint(
     ecal = np.asarray(preprocess.invert_cells(x), np.float32)
     generated = Showers(ecal=ecal, energy=reference.energy, theta=reference.theta)
     names = conf.train.val_metrics if metrics is None else metrics
-    out = {k: float(v) for k, v in evaluate(generated, reference, metrics=names, seed=seed).items()}
+    out = {
+        k: float(v)
+        for k, v in evaluate(generated, reference, metrics=names, seed=seed, skipped=skipped).items()
+    }
     return {**out, "n_events": float(len(reference)), "step": float(int(state.step))}

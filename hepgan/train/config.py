@@ -4,22 +4,31 @@ The top-level :class:`Config` composes the rooms' own schemas: ``model`` is
 :class:`hepgan.models.ModelConfig`, ``data`` is :class:`hepgan.data.source.DataConfig`; ``optim``,
 ``train`` and ``logging`` are defined here; ``parallel`` is :class:`hepgan.parallel.ParallelConfig` and
 ``scaling`` :class:`hepgan.train.scaling.ScalingConfig`. The YAML groups under ``hepgan/conf/`` fill
-these schemas, so a misspelt key fails when the config is composed, not hours into a job.
+these schemas, so a misspelt key fails when the config is composed, not hours into a job; so does a value
+that is not one of its key's choices (:data:`CHOICES`) or outside its range (:data:`RANGES`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from hepgan.data import formats, geometry, source
 from hepgan.data.source import DataConfig
-from hepgan.models import ModelConfig
+from hepgan.models import ModelConfig, conv
+from hepgan.models import config as model_config
+from hepgan.parallel import config as parallel_config
 from hepgan.parallel.config import ParallelConfig
+from hepgan.physics import metrics as physics_metrics
+from hepgan.train import scaling, schedules, step
+from hepgan.train.rundir import register as _register_run_name
 from hepgan.train.scaling import ScalingConfig
 
 
@@ -127,6 +136,153 @@ class Config:
     out: str = "runs/default"
 
 
+ON_NONFINITE = ("stop", "rollback")
+"""Values of ``train.on_nonfinite`` (interpreted by :func:`hepgan.train.loop.fit`)."""
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": model_config.ARCHS,
+    "model.size": model_config.SIZES,
+    "model.conv_impl": conv.CONV_IMPLS,
+    "data.kind": source.KINDS,
+    "data.geometry": tuple(geometry.PRESETS),
+    "data.file_geometry": tuple(geometry.PRESETS),
+    "data.file_format": formats.FORMATS,
+    "optim.name": schedules.OPTIMIZERS,
+    "optim.scaling": scaling.RULES,
+    "optim.decay": scaling.DECAYS,
+    "train.schedule": step.SCHEDULES,
+    "train.fake_bn": step.FAKE_BN,
+    "train.on_nonfinite": ON_NONFINITE,
+    "train.val_metrics": (*physics_metrics.ALL, *physics_metrics.GROUPS),
+    "train.report_metrics": (*physics_metrics.ALL, *physics_metrics.GROUPS),
+    "parallel.backend": parallel_config.BACKENDS,
+    "parallel.mpi_reduce": parallel_config.REDUCE_MODES,
+    "parallel.launcher": parallel_config.LAUNCHERS,
+    "scaling.rule": scaling.RULES,
+    "scaling.decay": scaling.DECAYS,
+    "scaling.optimizer": scaling.OPTIMIZERS,
+    "scaling.g.rule": scaling.RULES,
+    "scaling.d.rule": scaling.RULES,
+}
+"""Every key that takes one of a fixed set of strings, with its valid values. The tuples are imported
+from the code that interprets the strings, so the check and the use cannot drift apart. A list-valued key
+(``train.val_metrics``) takes any of them per element; ``None`` passes wherever the schema allows it."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed, half-open or open interval of valid numbers; ``str()`` gives it as the error shows it."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: object) -> bool:
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return True  # not a number: the schema's type check reports it
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+_COUNT, _NONNEG, _POSITIVE = Range(1), Range(0), Range(0, lo_open=True)
+_FRACTION, _DECAY = Range(0, 1), Range(0, 1, hi_open=True)  # a probability; an EMA/momentum decay
+
+RANGES: dict[str, Range] = {
+    "model.dropout": _DECAY,
+    "data.prefetch": _NONNEG,
+    "data.n_events": _COUNT,
+    "data.n_reference": _COUNT,
+    "data.workers": _COUNT,
+    "data.in_memory_max_gb": _NONNEG,  # 0: always the on-disk cache
+    "data.reference_fraction": Range(0, 1, lo_open=True, hi_open=True),  # both sets need events
+    "data.max_events": _COUNT,
+    "data.cache_max_gb": _NONNEG,
+    "optim.lr_g": _POSITIVE,
+    "optim.lr_d": _POSITIVE,
+    "optim.rho": _DECAY,
+    "optim.eps": _POSITIVE,  # RMSprop divides by sqrt(v) + eps, which is 0 for a gradient of 0
+    "optim.b1": _DECAY,
+    "optim.b2": _DECAY,
+    "optim.ref_batch": _COUNT,
+    "optim.warmup_steps": _NONNEG,
+    "train.batch_size": _COUNT,
+    "train.epochs": _NONNEG,
+    "train.max_steps": _NONNEG,
+    "train.n_critic": _COUNT,
+    "train.g_steps": _COUNT,
+    "train.label_flip": _FRACTION,
+    "train.ema_decay": _DECAY,  # 1 would freeze the EMA generator at its initial weights
+    "train.val_every_epochs": _NONNEG,
+    "train.val_events": _COUNT,
+    "train.ckpt_every_steps": _NONNEG,
+    "train.ckpt_every_epochs": _NONNEG,
+    "train.keep_last": _COUNT,
+    "train.max_rollbacks": _NONNEG,
+    "train.rollback_lr_factor": Range(0, 1, lo_open=True),  # a rollback never raises the learning rate
+    "logging.every_steps": _COUNT,  # the loop logs and checks for non-finite values at step % N == 0
+    "parallel.devices": _COUNT,
+    "parallel.num_processes": _COUNT,
+    "parallel.process_id": _NONNEG,
+    "parallel.init_timeout_s": _POSITIVE,
+    "parallel.gns_ema": _DECAY,
+    "scaling.ref_batch": _COUNT,
+    "scaling.warmup_steps": _NONNEG,
+    "scaling.weight_decay": _NONNEG,
+    "scaling.trust_coefficient": _POSITIVE,
+    "scaling.momentum": _DECAY,
+    "scaling.g.ref_batch": _COUNT,
+    "scaling.g.warmup_steps": _NONNEG,
+    "scaling.g.lr_multiplier": _POSITIVE,
+    "scaling.d.ref_batch": _COUNT,
+    "scaling.d.warmup_steps": _NONNEG,
+    "scaling.d.lr_multiplier": _POSITIVE,
+}
+"""Numeric keys with the values that make sense; ``None`` passes wherever the schema allows it."""
+
+
+def value_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for dotted ``key`` (per :data:`CHOICES` and :data:`RANGES`), or None.
+
+    Interpolations (``${...}``) and ``None`` pass: they are resolved resp. type-checked later.
+    """
+    if value is None or (isinstance(value, str) and "${" in value):
+        return None
+    if key in CHOICES:
+        valid = CHOICES[key]
+        items = list(value) if isinstance(value, list | tuple | ListConfig) else [value]
+        bad = [v for v in items if v not in valid]
+        if bad:
+            what = f"{bad[0]!r} is not" if len(bad) == 1 else f"{', '.join(map(repr, bad))} are not"
+            return f"{key}: {what} a valid choice; valid choices: {', '.join(valid)}"
+    if key in RANGES and value not in RANGES[key]:
+        return f"{key}: {value!r} is out of range; must be {RANGES[key]}"
+    return None
+
+
+def _get(conf: Any, key: str) -> Any:
+    for part in key.split("."):
+        conf = getattr(conf, part)
+    return conf
+
+
+def validate(conf: Config) -> Config:
+    """Check every key of :data:`CHOICES` and :data:`RANGES` in ``conf``; returns ``conf``.
+
+    Raises one ``ValueError`` naming each bad key with its valid choices or range.
+    """
+    problems = [p for k in (*CHOICES, *RANGES) if (p := value_problem(k, _get(conf, k))) is not None]
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
+    return conf
+
+
 GROUPS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -144,6 +300,7 @@ def register() -> None:
 
 
 register()
+_register_run_name()  # ${hepgan_run:}, the default run directory (hepgan/conf/config.yaml)
 
 
 def valid_keys(path: str) -> list[str] | None:
@@ -177,9 +334,11 @@ def check_key(key: str) -> None:
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Check the keys of command-line overrides against the schema (groups and ``hydra.*`` pass).
+    """Check command-line overrides against the schema (groups and ``hydra.*`` pass): the keys, and the
+    values of keys with choices or a range (every value of a sweep), before Hydra's slower composition.
 
-    Raises ``ValueError`` naming the unknown key and listing the valid keys of its group.
+    Raises ``ValueError`` naming the unknown key and listing the valid keys of its group, or naming the
+    key whose value is not one of its choices (listed) or outside its range.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -191,12 +350,17 @@ def check_overrides(overrides: list[str]) -> None:
         if key in ("experiment", "debug") or (key in GROUPS and "." not in key):
             continue  # a group choice; Hydra lists the available options itself
         check_key(key)
+        values = list(o.sweep_iterator()) if o.is_sweep_override() and o.is_discrete_sweep() else [o.value()]
+        for value in values:
+            if (problem := value_problem(key, value)) is not None:
+                raise ValueError(f"invalid config value: {problem}")
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """Compose the packaged config with ``overrides`` (as on the command line), outside ``hepgan-train``.
 
-    Unknown keys raise ``ValueError`` listing the valid ones.
+    Unknown keys and invalid values (also those from YAML or experiment files) raise ``ValueError``
+    listing the valid keys resp. choices.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -204,16 +368,29 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     overrides = list(overrides or [])
     check_overrides(overrides)
     with initialize_config_module(config_module="hepgan.conf", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    to_config(cfg)  # the values the YAML files brought in, checked as fit() will
+    return cfg
 
 
 def to_config(cfg: Config | DictConfig | dict[str, Any]) -> Config:
-    """A typed :class:`Config` from a Hydra ``DictConfig``, a plain dict or a ``Config``."""
+    """A typed, validated :class:`Config` from a Hydra ``DictConfig``, a plain dict or a ``Config``.
+
+    Raises ``ValueError`` naming the key for an unknown key, a value of the wrong type, a value that is
+    not one of the key's choices or outside its range (:func:`validate`).
+    """
     if isinstance(cfg, Config):
-        return cfg
+        return validate(cfg)
     base = OmegaConf.structured(Config)
-    merged = OmegaConf.merge(base, cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
-    return typing.cast(Config, OmegaConf.to_object(merged))
+    try:
+        merged = OmegaConf.merge(base, cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
+        conf = typing.cast(Config, OmegaConf.to_object(merged))
+    except OmegaConfBaseException as exc:  # an unknown key, a value of the wrong type, a missing value
+        key = getattr(exc, "full_key", None) or "?"
+        if isinstance(exc, ConfigKeyError):
+            check_key(key)  # raises the message that lists the valid keys
+        raise ValueError(f"config key {key!r}: {str(exc).splitlines()[0]}") from None
+    return validate(conf)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

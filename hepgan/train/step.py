@@ -40,6 +40,7 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 SCHEDULES = ("paper", "n_critic", "simultaneous")
+FAKE_BN = ("running", "batch")
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ def make_step(
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"train.schedule: unknown {cfg.schedule!r}; valid: {list(SCHEDULES)}")
-    if cfg.fake_bn not in ("running", "batch"):
-        raise ValueError(f"train.fake_bn: unknown {cfg.fake_bn!r}; valid: ['running', 'batch']")
+    if cfg.fake_bn not in FAKE_BN:
+        raise ValueError(f"train.fake_bn: unknown {cfg.fake_bn!r}; valid: {list(FAKE_BN)}")
     weights = cfg.loss_weights()
     angle = cfg.arch == "angle51"
     reducer = reducer if reducer is not None else Reducer()
