@@ -158,3 +158,54 @@ def test_fit_two_processes_train_checkpoint_resume_equal_one_process_two_devices
     assert int(got.step) == int(want.step) == 4
     for a, b in zip(jax.tree.leaves(state_to_tree(got)), jax.tree.leaves(state_to_tree(want)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=ATOL)
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_step_and_the_rerun_finishes(tmp_path):
+    """SIGUSR1 reaches process 1 only (a scheduler's warning can arrive unevenly): both processes stop
+    after the same step with one checkpoint and exit 75, process 0 records ``preempted``; the rerun
+    resumes there and finishes with one log row per step."""
+    import signal
+    import time
+
+    exe = os.path.join(os.path.dirname(sys.executable), "hepgan-train")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    run, port, steps = tmp_path / "run", _free_port(), 40
+    args = ["debug=default", "model.conv_impl=fft", f"out={run}", f"train.max_steps={steps}"]
+    procs = []
+    for i in range(2):
+        dist = [
+            "parallel.launcher=explicit",
+            f"parallel.coordinator_address=127.0.0.1:{port}",
+            "parallel.num_processes=2",
+            f"parallel.process_id={i}",
+        ]
+        log = open(tmp_path / f"rank{i}.log", "w")
+        procs.append((subprocess.Popen([exe, *args, *dist], env=env, stdout=log, stderr=log), log))
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and procs[1][0].poll() is None:
+            csv_path = run / "train.csv"
+            if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 3:
+                procs[1][0].send_signal(signal.SIGUSR1)
+                break
+            time.sleep(0.2)
+        for p, _ in procs:
+            p.wait(timeout=240)
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+            log.close()
+    logs = [(tmp_path / f"rank{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p, _ in procs] == [75, 75], "\n----\n".join(log[-3000:] for log in logs)
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "preempted" and result["signal"] == signal.SIGUSR1
+    stopped = result["step"]
+    assert 2 <= stopped < steps and (run / "checkpoints" / str(stopped)).is_dir()
+    assert not (run / "result.rank1.json").exists()
+    assert all(f"stopped after step {stopped}" in log for log in logs)
+
+    _train_cli(args, 2, _free_port(), tmp_path)
+    assert json.loads((run / "result.json").read_text())["status"] == "ok"
+    steps_logged = [line.split(",")[0] for line in (run / "train.csv").read_text().splitlines()[1:]]
+    assert steps_logged == [str(s) for s in range(1, steps + 1)]

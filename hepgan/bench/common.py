@@ -6,7 +6,6 @@ a speed-up is claimed, the baseline measured in the same run.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -14,6 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from hepgan.fileio import write_json
 
 
 def machine_info() -> dict[str, Any]:
@@ -69,6 +70,4 @@ def write_result(name: str, result: dict[str, Any], out_dir: str | Path) -> Path
         "machine": machine_info(),
         **result,
     }
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    return path
+    return write_json(out / f"{name}.json", payload, sort_keys=False)

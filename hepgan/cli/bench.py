@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "startup": "hepgan.bench.startup",
     "scaling": "hepgan.bench.scaling",
     "interference": "hepgan.bench.interference",
+    "chaos": "hepgan.bench.chaos",
 }
 
 
