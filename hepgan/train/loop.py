@@ -64,9 +64,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 class _StopSignals:
     """While installed, the first of :data:`STOP_SIGNALS` is recorded in ``signum`` for the loop to stop
-    cleanly after the current step; a second one of the same kind acts as it normally does (its previous
-    handler is back), so a stuck run can still be ended. Handlers can only be set from the main thread;
-    elsewhere (``fit`` in a worker thread) nothing is installed."""
+    cleanly after the current step. Repeats of SIGTERM and SIGUSR1 are ignored: launchers forward a
+    scheduler's signal that the tasks may also receive directly (srun at the time limit, mpirun when the
+    whole process group is signalled), and the doubled signal must not cost the checkpoint; a scheduler
+    ends a stuck job with SIGKILL after its grace time. A second SIGINT (Ctrl-C) ends the run at once.
+    Handlers can only be set from the main thread; elsewhere (``fit`` in a worker thread) nothing is
+    installed."""
 
     def __init__(self, enabled: bool):
         self.signum = 0
@@ -80,10 +83,12 @@ class _StopSignals:
         if not self.signum:
             self.signum = signum
             log.warning(
-                "%s received: stopping after this step with a checkpoint (send it again to end at once)",
+                "%s received: stopping after this step with a checkpoint%s",
                 signal.Signals(signum).name,
+                " (Ctrl-C again ends at once)" if signum == signal.SIGINT else "",
             )
-        signal.signal(signum, self.previous[signum])
+        if signum == signal.SIGINT:
+            signal.signal(signum, self.previous[signum])
 
     def restore(self) -> None:
         """Put the previous handlers back (idempotent)."""
@@ -300,7 +305,9 @@ def fit(
     _check_same_run(run_dir, to_dict(conf))
 
     # ---- mesh: processes, the ("data",) mesh and the gradient-reduction backend (docs/parallel.md) -----
-    par = parallel_setup(conf.parallel)
+    par = parallel_setup(conf.parallel, tc.batch_size)
+    if par.cpu is not None and par.cpu.layout != "kept":
+        log.info("%s", par.cpu.reason)
     per_device_batch = par.per_device_batch(tc.batch_size)  # raises unless the batch splits evenly
     log.info(
         "%s backend: %d worker(s) in %d process(es), global batch %d, per-device batch %d",
@@ -338,7 +345,7 @@ def fit(
     model_cfg = conf.model
     if model_cfg.cell_power is None:  # the discriminator's ECAL head must undo the data's power
         model_cfg = replace(model_cfg, cell_power=preprocess.cell_power)
-    if conf.parallel.sync_batchnorm:  # BatchNorm moments averaged over the shard_map devices
+    if par.cfg.sync_batchnorm:  # BatchNorm moments averaged over the shard_map devices (auto resolved)
         model_cfg = replace(model_cfg, bn_axis_name="data")
     generator, discriminator = build(model_cfg, nnx.Rngs(tc.seed))
     d_updates = {"paper": 2, "n_critic": tc.n_critic, "simultaneous": 1}.get(tc.schedule, 1)
