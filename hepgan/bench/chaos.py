@@ -4,8 +4,8 @@
 preset (tiny 3DGAN, simulated showers, checkpoints every 2 steps, validation every epoch) once without
 interruption, then again in a second folder while killing it ``kills`` times with SIGKILL (no warning,
 no clean-up: what a node failure or an OOM killer does), aimed in turn at a checkpoint write (an Orbax
-temporary folder exists), at a random moment of a random remaining step, and at the end of the run
-(after the last step: final validation, saves, report). After each kill the same command is started
+temporary folder exists) and at a random moment of a random remaining step, and the last one at the end
+of the run (after the last step: final validation, saves, report). After each kill the same command is started
 again, as a Slurm requeue would, until it exits 0.
 
 The result records the kills (and how many hit a checkpoint write), the restarts, and whether the
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 _TMP_MARK = ".orbax-checkpoint-tmp"
-#: where the kills are aimed, in turn: an Orbax save in flight, a random moment of a random remaining step,
-#: and the end of the run (final validation, checkpoints, report, before result.json)
+#: where the kills are aimed: in turn an Orbax save in flight and a random moment of a random remaining step,
+#: and last the end of the run (final validation, checkpoints, report, before result.json)
 AIMS = ("checkpoint write", "random step", "after the last step")
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def chaos(kills: int, steps: int, seed: int, work: Path) -> dict[str, Any]:
     by_aim = {aim: 0 for aim in AIMS}
     t_chaos = time.perf_counter()
     while True:
-        aim = AIMS[killed % len(AIMS)] if killed < kills else None
+        # the end of the run last: once a kill lands there, no step is left to aim at
+        aim = None if killed >= kills else AIMS[2] if killed == kills - 1 else AIMS[killed % 2]
         done_rows = len(_log_steps(run, "train"))
         # a random step of what is left (the rows of train.csv tell the progress), then a random moment in it
         target = rng.randint(min(done_rows + 1, steps - 1), steps - 1)
@@ -182,7 +183,7 @@ def run(
     Returns the figures of :func:`chaos`.
     """
     n_kills = kills if kills is not None else (3 if quick else 12)
-    steps = max(12 if quick else 24, 2 * n_kills)
+    steps = max(12 if quick else 24, 4 * n_kills)  # room for every kill before the last step
     if keep is not None:
         Path(keep).mkdir(parents=True, exist_ok=True)
         return chaos(n_kills, steps, seed, Path(keep))

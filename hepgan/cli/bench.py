@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "scaling": "hepgan.bench.scaling",
     "interference": "hepgan.bench.interference",
     "chaos": "hepgan.bench.chaos",
+    "layout": "hepgan.bench.layout",
 }
 
 

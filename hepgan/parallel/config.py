@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKENDS = ("xla", "shard_map", "mpi")
+BACKENDS = ("auto", "xla", "shard_map", "mpi")
+CPU_LAYOUTS = ("per_core", "shared")
 REDUCE_MODES = ("tree", "flat")
 LAUNCHERS = ("auto", "none", "slurm", "mpi", "explicit")
 
@@ -13,13 +14,18 @@ LAUNCHERS = ("auto", "none", "slurm", "mpi", "explicit")
 class ParallelConfig:
     """Devices of the run and the data-parallel gradient reduction (schema of group ``parallel``).
 
-    backend: "xla" (``jit`` over a ``("data",)`` mesh; XLA inserts the all-reduce; BatchNorm statistics
+    backend: "auto" (the default: ``shard_map`` with ``sync_batchnorm`` on a mesh of several CPU devices,
+      where it is the fast one and gives the same update as ``xla``; ``xla`` everywhere else),
+      "xla" (``jit`` over a ``("data",)`` mesh; XLA inserts the all-reduce; BatchNorm statistics
       over the global batch), "shard_map" (the step written per device, gradients averaged with
       ``lax.pmean``; BatchNorm per device unless ``sync_batchnorm``) or "mpi" (one process per device,
       gradients averaged with mpi4jax ``allreduce`` inside the jitted step; launch with mpirun/srun/jsrun).
     sync_batchnorm: shard_map only: BatchNorm batch moments averaged over devices (``pmean``), i.e. the
       global-batch statistics of ``xla``; False keeps them per device (as Horovod).
     devices: how many of the local ``jax.devices()`` form the mesh (None: all; mpi: always 1 per process).
+    cpu_layout: on a CPU host, "per_core" (default: one JAX device per usable core, one compute thread
+      each; see :mod:`hepgan.parallel.cpu`) or "shared" (XLA's one device on all cores). Ignored on GPU
+      and TPU hosts and when ``XLA_FLAGS`` already sets the CPU device count.
     mpi_reduce: "tree" (one ``allreduce`` per gradient array) or "flat" (the whole gradient pytree
       concatenated into one buffer: one ``allreduce`` per player and update, fewer latency-bound calls).
     launcher: how the processes of a multi-host run find each other: "auto" (detect Slurm, Open MPI,
@@ -35,9 +41,10 @@ class ParallelConfig:
     gns_ema: decay of the exponential moving averages of the two gradient-norm estimators.
     """
 
-    backend: str = "xla"
+    backend: str = "auto"
     sync_batchnorm: bool = False
     devices: int | None = None
+    cpu_layout: str = "per_core"
     mpi_reduce: str = "flat"
     launcher: str = "auto"
     coordinator_address: str | None = None
@@ -60,7 +67,9 @@ class ParallelConfig:
             raise ValueError(
                 f"parallel.devices: need at least 1 device (or null for all); got {self.devices}"
             )
-        if self.sync_batchnorm and self.backend != "shard_map":
+        if self.cpu_layout not in CPU_LAYOUTS:
+            raise ValueError(f"parallel.cpu_layout: unknown {self.cpu_layout!r}; valid: {list(CPU_LAYOUTS)}")
+        if self.sync_batchnorm and self.backend not in ("shard_map", "auto"):
             raise ValueError(
                 "parallel.sync_batchnorm: only the shard_map backend has per-device BatchNorm to synchronise "
                 "(xla always uses global-batch statistics, mpi always local ones); "

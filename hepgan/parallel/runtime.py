@@ -12,7 +12,7 @@ after that goes through :class:`Parallel`, so the trainer reads the same for all
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -21,6 +21,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from hepgan.parallel.config import ParallelConfig
+from hepgan.parallel.cpu import CpuLayout
+from hepgan.parallel.cpu import configure as configure_cpu
 from hepgan.parallel.distributed import Launch, initialize
 from hepgan.parallel.mesh import AXIS, batch_sharding, make_mesh, replicate, replicated
 from hepgan.parallel.reduce import Reducer, mpi_mean
@@ -40,10 +42,11 @@ class Parallel:
     mesh: Mesh
     reducer: Reducer
     workers: int
+    cpu: CpuLayout | None = None
 
     @property
     def backend(self) -> str:
-        """ "xla", "shard_map" or "mpi"."""
+        """ "xla", "shard_map" or "mpi" (``auto`` is resolved by :func:`setup`)."""
         return self.cfg.backend
 
     @property
@@ -80,6 +83,7 @@ class Parallel:
             "devices": [str(d) for d in self.mesh.devices.flat][:64],
             "device_kind": jax.devices()[0].device_kind,
             "sync_batchnorm": self.cfg.sync_batchnorm,
+            "cpu_layout": None if self.cpu is None else self.cpu.layout,
         }
         if self.backend == "mpi":
             out["mpi_reduce"] = self.cfg.mpi_reduce
@@ -165,12 +169,18 @@ class Parallel:
         return jax.jit(lambda t: mpi_mean(t, flat=True))(tree)
 
 
-def setup(cfg: ParallelConfig) -> Parallel:
+def setup(cfg: ParallelConfig, global_batch: int | None = None) -> Parallel:
     """Start the processes' rendezvous if needed and build the mesh and reducer for ``cfg``.
 
-    Call once, before any other JAX computation. Raises ``ValueError`` for an inconsistent config.
+    Call once, before any other JAX computation (on a CPU host it first sets XLA's device layout,
+    :mod:`hepgan.parallel.cpu`). ``backend=auto`` is resolved here: the returned ``Parallel.cfg`` holds
+    the backend and ``sync_batchnorm`` in use. ``global_batch``: lets the CPU layout pick a device
+    count that divides it. Raises ``ValueError`` for an inconsistent config.
     """
     cfg.validate()
+    cpu = configure_cpu(
+        cfg.cpu_layout, cfg.devices, one_device_per_process=cfg.backend == "mpi", global_batch=global_batch
+    )
     launch = initialize(cfg)
     if cfg.backend == "mpi":
         if cfg.devices not in (None, 1):
@@ -186,8 +196,17 @@ def setup(cfg: ParallelConfig) -> Parallel:
         jax.config.update("jax_default_device", device)
         mesh = Mesh([device], (AXIS,))
         reducer = Reducer("mpi", workers=launch.num_processes, flat=cfg.mpi_reduce == "flat")
-        return Parallel(cfg, launch, mesh, reducer, launch.num_processes)
+        return Parallel(cfg, launch, mesh, reducer, launch.num_processes, cpu)
     mesh = make_mesh(cfg.devices)
     n = int(mesh.size)
+    if cfg.backend == "auto":
+        # Several CPU devices: XLA's partitioned step ran at under half the per-device speed of the
+        # shard_map step there (docs/parallel.md); with global-batch BatchNorm the update is the same.
+        on_cpu = mesh.devices.flat[0].platform == "cpu"
+        cfg = (
+            replace(cfg, backend="shard_map", sync_batchnorm=True)
+            if on_cpu and n > 1
+            else replace(cfg, backend="xla")
+        )
     reducer = Reducer(cfg.backend, workers=n if cfg.backend == "shard_map" else 1)
-    return Parallel(cfg, launch, mesh, reducer, n)
+    return Parallel(cfg, launch, mesh, reducer, n, cpu)
