@@ -28,7 +28,8 @@ def _read(paths: list[str], max_events: int | None, which: str) -> Showers:
 
     parts: list[Showers] = []
     n = 0
-    for chunk in iter_showers(paths if len(paths) > 1 else paths[0], chunk=2000):
+    # the original 3DGAN readers' cell threshold for the format (formats.DEFAULT_CELL_THRESHOLD)
+    for chunk in iter_showers(paths if len(paths) > 1 else paths[0], chunk=2000, threshold=None):
         if max_events is not None and n + len(chunk) > max_events:
             chunk = chunk[: max_events - n]
         # extras (pdgID, eta, ...) may differ between files and are not compared: keep the core fields

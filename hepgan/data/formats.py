@@ -13,6 +13,12 @@ Three formats, each one HDF5 file of ``N`` events (see ``docs/data.md`` for the 
     has no geometry of its own, so our writer stores the grid (``grid`` = X, Y, Z) and the flattening
     order (``voxel_order``) as file attributes; a file without them needs the grid passed in.
 
+Reading can apply a cell threshold, as the original 3DGAN readers do: cells below it are set to 0.
+``threshold=None`` takes the format's default (``DEFAULT_CELL_THRESHOLD``: 1e-6 GeV for ``fixed25``,
+1e-4 GeV for ``angle``, none for ``calochallenge``), a number sets it; the functions here default to 0
+(the stored values unchanged), so that conversion and round trips stay exact. Training from files
+(``data.cell_threshold``) and ``hepgan-evaluate`` read with the format's default.
+
 Reading never loads a whole file or directory at once: ``iter_showers`` streams chunks and
 ``ShowerFile`` reads any range or set of events. Every chunk read is checked for non-finite and
 negative values (a cheap per-event min and sum); any problem is a ``ShowerFileError`` naming the file,
@@ -57,6 +63,38 @@ DEFAULT_VOXEL_ORDER = "ZXY"
 DEFAULT_PDG_ID = 11.0
 
 MEV_PER_GEV = 1000.0
+
+# The original readers' cell thresholds (GeV): EcalEnergyTrain.GetprocData drops ECAL cells below 1e-6 for
+# the fixed-angle data, AngleTrain3dGAN.GetDataAngle below 1e-4 for the variable-angle data. The
+# CaloChallenge files come with their own readout threshold already applied.
+DEFAULT_CELL_THRESHOLD: dict[str, float] = {"fixed25": 1e-6, "angle": 1e-4, "calochallenge": 0.0}
+
+
+def cell_threshold(fmt: str, threshold: float | None = None) -> float:
+    """The cell threshold (GeV) reading applies to a file of format ``fmt``: ``threshold`` itself, or the
+    format's default (:data:`DEFAULT_CELL_THRESHOLD`) when it is ``None``. ``0`` means none. Raises
+    ``ValueError`` for a negative or non-finite threshold or an unknown format."""
+    if fmt not in DEFAULT_CELL_THRESHOLD:
+        raise ValueError(
+            f"unknown shower file format {fmt!r}; expected one of {list(DEFAULT_CELL_THRESHOLD)}"
+        )
+    if threshold is None:
+        return DEFAULT_CELL_THRESHOLD[fmt]
+    t = float(threshold)
+    if not (np.isfinite(t) and t >= 0):
+        raise ValueError(
+            f"threshold: the cell threshold must be a finite energy >= 0 in GeV (0 = keep every cell, "
+            f"None = the format's default {DEFAULT_CELL_THRESHOLD[fmt]:g} GeV); got {threshold!r}"
+        )
+    return t
+
+
+def apply_cell_threshold(ecal: np.ndarray, threshold: float) -> np.ndarray:
+    """Set cells below ``threshold`` (GeV) to 0 in place and return ``ecal: [N, X, Y, Z]``; 0 = no-op."""
+    if threshold > 0:
+        ecal[ecal < threshold] = 0.0
+    return ecal
+
 
 _NORMAL = np.float32(np.pi / 2)
 
@@ -415,13 +453,23 @@ class ShowerFile:
     """An open shower file: metadata checked on open, events read by range or index.
 
     Use as a context manager (``with ShowerFile(path) as f: f.read(0, 100)``) or call ``close()``.
+    ``threshold``: cells below it (GeV) read as 0; ``None`` = the format's default
+    (:data:`DEFAULT_CELL_THRESHOLD`); ``0`` (the default) = the stored values unchanged.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fmt: str | None = None, geometry: Any = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fmt: str | None = None,
+        geometry: Any = None,
+        threshold: float | None = 0.0,
+    ) -> None:
         self.path = Path(path)
         self._f = _open_h5(self.path)
         try:
             self._layout = _inspect(self.path, self._f, fmt, geometry)
+            self.threshold = cell_threshold(self._layout.fmt, threshold)
         except BaseException:
             self._f.close()
             raise
@@ -472,6 +520,7 @@ class ShowerFile:
         s = self._take(slice(start, stop))
         if check and len(s):
             _check_chunk(self.path, self._layout, s, start)
+        apply_cell_threshold(s.ecal, self.threshold)  # after the check: a negative cell must still be seen
         return s
 
     def take(self, indices: Sequence[int] | np.ndarray, *, check: bool = True) -> Showers:
@@ -491,6 +540,7 @@ class ShowerFile:
             s = self._take(uniq)
         if check:
             _check_chunk(self.path, self._layout, s, lo, uniq)
+        apply_cell_threshold(s.ecal, self.threshold)
         return s[inverse]
 
     def _take(self, sel: slice | np.ndarray) -> Showers:
@@ -533,14 +583,17 @@ def read_file(
     fmt: str | None = None,
     geometry: Any = None,
     check: bool = True,
+    threshold: float | None = 0.0,
 ) -> Showers:
     """Read events ``[start, stop)`` of one file as ``Showers`` (``ecal: [n, X, Y, Z] GeV``,
     ``energy: [n] GeV``, ``theta: [n] rad`` or ``None``).
 
     ``fmt`` forces a format (else detected from the keys); ``geometry`` (``Geometry``, preset name or
-    ``(X, Y, Z)``) supplies the grid of a CaloChallenge file that lacks our ``grid`` attribute.
+    ``(X, Y, Z)``) supplies the grid of a CaloChallenge file that lacks our ``grid`` attribute;
+    ``threshold`` (GeV): cells below it read as 0, ``None`` = the format's default
+    (:data:`DEFAULT_CELL_THRESHOLD`), ``0`` (the default) = the stored values unchanged.
     """
-    with ShowerFile(path, fmt=fmt, geometry=geometry) as f:
+    with ShowerFile(path, fmt=fmt, geometry=geometry, threshold=threshold) as f:
         return f.read(start, stop, check=check)
 
 
@@ -551,16 +604,18 @@ def iter_showers(
     fmt: str | None = None,
     geometry: Any = None,
     check: bool = True,
+    threshold: float | None = 0.0,
 ) -> Iterator[Showers]:
     """Stream ``Showers`` of at most ``chunk`` events from a file, directory, glob or list of them.
 
     Files are read in ``expand_paths`` order, one open at a time; a chunk never spans two files
-    (the last chunk of a file may be shorter). Memory stays at one chunk.
+    (the last chunk of a file may be shorter). Memory stays at one chunk. ``threshold`` as for
+    :func:`read_file` (each file gets its own format's default when ``None``).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1; got {chunk}")
     for path in expand_paths(paths):
-        with ShowerFile(path, fmt=fmt, geometry=geometry) as f:
+        with ShowerFile(path, fmt=fmt, geometry=geometry, threshold=threshold) as f:
             for start in range(0, len(f), chunk):
                 yield f.read(start, min(start + chunk, len(f)), check=check)
 

@@ -106,6 +106,9 @@ class DataConfig:
         file_format: ``None`` (detect) or a :func:`hepgan.data.formats.detect_format` name.
         file_geometry: cell grid for CaloChallenge files that do not store one (``"fixed25"``,
             ``"angle51"``); ``None`` for the 3DGAN formats, whose grid is in the data.
+        cell_threshold: cells below this energy (GeV) are read as 0; ``None`` = the format's default, the
+            original readers' (1e-6 fixed25, 1e-4 angle, none for CaloChallenge:
+            ``formats.DEFAULT_CELL_THRESHOLD``); 0 = the stored values.
 
     Preprocessing (``None`` = the model's paper preset, :meth:`Preprocess.for_model`):
         cell_scale: factor on cell energies (fixed25 preset 100, angle51 preset 1).
@@ -136,6 +139,7 @@ class DataConfig:
     cache_max_gb: float = 8.0
     file_format: str | None = None
     file_geometry: str | None = None
+    cell_threshold: float | None = None
     # preprocessing overrides
     cell_scale: float | None = None
     cell_power: float | None = None
@@ -671,6 +675,8 @@ class FileSource:
         fmt: force a format name (default: detected per file).
         geometry: grid for CaloChallenge files without a ``grid`` attribute (preset name or ``(X, Y, Z)``).
         max_open: most files held open at once.
+        cell_threshold: cells below it (GeV) are read as 0; ``None`` = each file's format default
+            (``formats.DEFAULT_CELL_THRESHOLD``), 0 (the default) = the stored values.
 
     Raises:
         hepgan.data.formats.ShowerFileError: missing, unreadable or malformed files (names file and key).
@@ -692,6 +698,7 @@ class FileSource:
         fmt: str | None = None,
         geometry: Any = None,
         max_open: int = 64,
+        cell_threshold: float | None = 0.0,
     ) -> None:
         self.paths = formats.expand_paths(paths)
         if not self.paths:
@@ -714,6 +721,7 @@ class FileSource:
                 f"FileSource: some files carry an incidence angle and some do not (without: {without}); "
                 "use files of one kind"
             )
+        self.cell_thresholds = [formats.cell_threshold(i.format, cell_threshold) for i in self.infos]
         self._grid: tuple[int, int, int] = tuple(int(g) for g in grids.pop())  # type: ignore[assignment]
         self._has_theta = thetas.pop()
         self.counts = np.array([int(i.n_events) for i in self.infos], np.int64)
@@ -779,9 +787,12 @@ class FileSource:
         """Rows ``rows`` (sorted, unique, file-local) of file ``f``."""
         data = self._cached(f)
         if data is not None:
-            return data[rows]
-        with self._lock:  # h5py serialises anyway; the lock keeps the handle from closing under us
-            s = self._handle(f).take(rows)
+            s = data[rows]
+        else:
+            with self._lock:  # h5py serialises anyway; the lock keeps the handle from closing under us
+                s = self._handle(f).take(rows)
+        # both branches return fresh arrays (fancy indexing, new reads), so thresholding in place is safe
+        formats.apply_cell_threshold(s.ecal, self.cell_thresholds[f])
         return Showers(s.ecal, s.energy, s.theta)
 
     def read(self, indices: np.ndarray) -> Showers:
@@ -934,6 +945,7 @@ def _open_files(cfg: DataConfig) -> Sources:
             cache_max_gb=cfg.cache_max_gb,
             fmt=cfg.file_format,
             geometry=cfg.file_geometry,
+            cell_threshold=cfg.cell_threshold,
         )
 
     full = files(cfg.paths)

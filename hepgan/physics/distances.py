@@ -22,23 +22,41 @@ def n_hist_bins(n_events: int) -> int:
     return int(np.clip(n_events // EVENTS_PER_HIST_BIN, MIN_HIST_BINS, MAX_HIST_BINS))
 
 
+REL_RESOLUTION = 1e-4
+"""Narrowest histogram bin, relative to the observable's magnitude (``max(|q0.5%|, |q99.5%|)`` of the
+reference): about 1000 float32 rounding steps. Observables come out of float32 sums over thousands of
+cells, so values that differ by less than this differ by rounding, not by physics; bins any narrower
+made a pure x1.05 rescaling of the cells, which leaves ratios such as the moments unchanged, read as a
+separation power of 0.01-0.02 on showers of one fixed shape."""
+
+
 def histogram_edges(ref: np.ndarray, n_bins: int | None = None) -> np.ndarray:
-    """Edges ``[K+1]`` spanning the reference's 0.5-99.5 % quantiles (``K`` default :func:`n_hist_bins`);
-    integer observables with a small range (hits, cell indices) get one bin per integer so that no bin
-    straddles two values."""
+    """Edges ``[K+1]`` (float64) for histograms of an observable, from the reference ``ref: [M]`` alone.
+
+    - Integer observables with a small range (hits, cell indices): one bin per integer, so that no bin
+      straddles two values.
+    - Otherwise ``K`` (default :func:`n_hist_bins`) equal bins over the reference's 0.5-99.5 % quantiles,
+      each at least :data:`REL_RESOLUTION` of the observable's magnitude wide. A (nearly) constant
+      observable, whose spread is below that, gets an odd number of bins of that width centred on its
+      median, so that rounding-level differences stay inside the middle bin while a real shift (a x1.05
+      rescaling) still moves the events out of it.
+    """
+    ref = np.asarray(ref, np.float64)
     n_bins = n_hist_bins(len(ref)) if n_bins is None else n_bins
     lo, hi = np.quantile(ref, [0.005, 0.995])
     if np.all(ref == np.round(ref)) and hi - lo + 1 <= n_bins:
         return np.arange(np.floor(lo) - 0.5, np.ceil(hi) + 1.0, 1.0)
-    if hi <= lo:  # a (nearly) constant observable still gets a valid, narrow binning
-        span = max(abs(lo) * 1e-3, 1e-12)
-        lo, hi = lo - span, hi + span
-    return np.linspace(lo, hi, n_bins + 1)
+    min_width = REL_RESOLUTION * max(abs(lo), abs(hi), np.finfo(np.float64).tiny)
+    if hi - lo >= n_bins * min_width:
+        return np.linspace(lo, hi, n_bins + 1)
+    k = n_bins | 1  # odd: the median sits in the middle of a bin, not on an edge
+    return float(np.median(ref)) + (np.arange(k + 1) - k / 2) * min_width
 
 
 def histogram(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Counts ``[K]`` with under/overflow folded into the first/last bin (tails must count, not vanish)."""
-    clipped = np.clip(x, edges[0], edges[-1])
+    """Counts ``[K]`` (float64) with under/overflow folded into the first/last bin (tails must count, not
+    vanish). ``x: [N]`` any unit, ``edges: [K+1]`` increasing."""
+    clipped = np.clip(np.asarray(x, np.float64), edges[0], edges[-1])
     counts, _ = np.histogram(clipped, bins=edges)
     return counts.astype(np.float64)
 

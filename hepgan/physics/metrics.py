@@ -142,30 +142,50 @@ def _rel(a_ref: np.ndarray, a_gen: np.ndarray) -> np.ndarray:
         return np.where(a_ref != 0, np.abs(a_ref - a_gen) / np.abs(a_ref), np.nan)
 
 
+PROFILE_FLOOR = 1e-3
+"""Profile cells whose reference mean is below this fraction of the profile's maximum are left out of
+the 3DGAN profile term: their relative errors are ratios of tiny, noisy means (and without a floor a
+near-empty reference cell sent the metric to 1e39)."""
+
+MOMENT_FLOORS = (1.0, 1.0 / 12.0)
+"""Smallest denominators (cell, cell^2) of the relative errors of the mean first and second moments:
+a barycentre within one cell of the grid edge or a spread below that of one uniformly lit cell (1/12)
+is below what a cell-index moment resolves, and dividing by it would let rounding dominate."""
+
+
+def _rel_floor(a_ref: float, a_gen: float, floor: float) -> float:
+    """``|ref - gen| / max(|ref|, floor)``."""
+    return float(abs(a_ref - a_gen) / max(abs(a_ref), floor))
+
+
 def gan3d_terms(gen: ObservableSet, ref: ObservableSet, with_angle: bool) -> dict[str, float]:
-    """The three terms of the 3DGAN per-epoch metric for one condition bin.
+    """The three terms of the 3DGAN per-epoch metric for one condition bin, each bounded.
 
     - moments: relative error of the mean first and second moment, ``sum over moments of (mean over
-      axes of |rel err|) / 2``;
-    - profiles: relative error of the mean profile, averaged over cells (cells where the reference mean
-      is exactly 0 are left out: the original divides by it and gets inf/NaN) and over the three axes;
+      axes of |rel err|) / 2``, the denominators floored at :data:`MOMENT_FLOORS`;
+    - profiles: relative error of the mean profile, averaged over cells and over the three axes; cells
+      whose reference mean is below :data:`PROFILE_FLOOR` times the profile's maximum are left out
+      (the original divides by every cell and gets inf/NaN for empty ones, huge values for near-empty);
     - angle: relative error of the mean measured angle. (The original compares each generated event's
       measured angle with the true angle it was generated at; comparing with the reference's measured
       angle instead cancels the bias of the angle measurement itself, which a perfect generator shares.)
     """
     mom = []
+    axes = [("x_mean", "x_var"), ("y_mean", "y_var"), ("z_mean", "z_var")]
     for k in (0, 1):
-        axes = [("x_mean", "x_var"), ("y_mean", "y_var"), ("z_mean", "z_var")]
-        errs = [float(_rel(np.mean(ref.scalars[a[k]]), np.mean(gen.scalars[a[k]]))) for a in axes]
-        mom.append(np.nansum(errs) / 3.0)
+        errs = [
+            _rel_floor(np.mean(ref.scalars[a[k]]), np.mean(gen.scalars[a[k]]), MOMENT_FLOORS[k]) for a in axes
+        ]
+        mom.append(np.mean(errs))
     prof = []
     for pg, pr in (
         (gen.profile_x, ref.profile_x),
         (gen.profile_y, ref.profile_y),
         (gen.profile_z, ref.profile_z),
     ):
-        rel = _rel(pr.mean(0), pg.mean(0))
-        prof.append(float(np.nanmean(rel)) if np.isfinite(rel).any() else 0.0)
+        mr, mg = pr.mean(0), pg.mean(0)
+        ok = mr > PROFILE_FLOOR * mr.max()
+        prof.append(float(np.mean(np.abs(mr[ok] - mg[ok]) / mr[ok])) if ok.any() else 0.0)
     out = {"moments": float(np.sum(mom) / 2.0), "profiles": float(np.mean(prof))}
     if with_angle:
         out["angle"] = float(_rel(np.mean(ref.scalars["angle"]), np.mean(gen.scalars["angle"])))
@@ -342,7 +362,6 @@ def evaluate_observables(
             ),
             seed=seed,
             hidden=(16, 16),
-            steps=300,
             name="classifier_cells",
         )
         out["auc_cells"], out["auc_cells_err"] = res["auc"], res["auc_err"]

@@ -204,6 +204,7 @@ RANGES: dict[str, Range] = {
     "data.reference_fraction": Range(0, 1, lo_open=True, hi_open=True),  # both sets need events
     "data.max_events": _COUNT,
     "data.cache_max_gb": _NONNEG,
+    "data.cell_threshold": _NONNEG,  # GeV; null = the file format's default
     "optim.lr_g": _POSITIVE,
     "optim.lr_d": _POSITIVE,
     "optim.rho": _DECAY,
