@@ -138,7 +138,11 @@ def test_fit_two_processes_train_checkpoint_resume_equal_one_process_two_devices
     from hepgan.train.config import compose
     from hepgan.train.loop import fit
 
-    common = ["debug=default", "model.conv_impl=fft"]
+    common = [
+        "debug=default",
+        "model.conv_impl=fft",
+        "parallel.backend=xla",
+    ]  # the xla program, split over processes
     run = tmp_path / "dist"
     _train_cli([*common, f"out={run}", "train.max_steps=2"], 2, _free_port(), tmp_path)
     assert (run / "checkpoints" / "2").is_dir()

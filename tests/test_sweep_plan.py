@@ -255,6 +255,9 @@ def test_array_templates_run_their_task(tmp_path: Path, scheduler: str) -> None:
     shim.parent.mkdir()
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hepgan.cli.sweep "$@"\n')
     shim.chmod(0o755)
+    srun = shim.parent / "srun"  # the Slurm template starts the task as a job step; run it in place
+    srun.write_text('#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n')
+    srun.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LSB_"))}
     env["PATH"] = f"{shim.parent}:{env['PATH']}"
     opts = ["--config-dir", str(conf), "--train-fn", DRYRUN]

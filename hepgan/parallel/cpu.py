@@ -5,7 +5,8 @@ the 3DGAN step that is a poor use of a multi-core host: measured on a 2-core VM,
 cores trained the paper fixed25 model at 2.1-2.6 showers/s, while one worker on one core alone ran at
 4.2 (docs/parallel.md, "CPU hosts"). ``per_core`` (the default) gives XLA one device per usable core,
 each running its operations on one thread, and the trainer runs data-parallel over them (backend
-``auto`` -> ``shard_map`` with global-batch BatchNorm, the same update as one device). ``shared`` is
+``auto`` -> ``shard_map`` with global-batch BatchNorm: one device's update rule, averaged gradients and
+global-batch statistics, each device drawing its own noise). ``shared`` is
 XLA's own layout (one device, all cores).
 
 XLA reads its flags once, when the first JAX computation starts the CPU backend, so :func:`configure`

@@ -201,7 +201,7 @@ def setup(cfg: ParallelConfig, global_batch: int | None = None) -> Parallel:
     n = int(mesh.size)
     if cfg.backend == "auto":
         # Several CPU devices: XLA's partitioned step ran at under half the per-device speed of the
-        # shard_map step there (docs/parallel.md); with global-batch BatchNorm the update is the same.
+        # shard_map step there (docs/parallel.md); global-batch BatchNorm keeps xla's update rule.
         on_cpu = mesh.devices.flat[0].platform == "cpu"
         cfg = (
             replace(cfg, backend="shard_map", sync_batchnorm=True)
