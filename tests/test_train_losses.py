@@ -92,3 +92,18 @@ def test_gan_loss_unknown_term():
             theta=None,
             weights={"bce": 1.0, "l2": 1.0},
         )
+
+
+def test_aux_scale_scales_every_term_but_the_adversarial_one():
+    from hepgan.train.step import StepConfig
+
+    w = StepConfig(arch="fixed25", aux_scale=0.2).loss_weights()
+    assert w == pytest.approx({"bce": 2.0, "energy": 0.02, "ecal": 0.02})
+    w = StepConfig(arch="angle51", aux_scale=0.5).loss_weights()
+    assert w == pytest.approx({"bce": 3.0, "energy": 0.05, "angle": 12.5, "ecal": 0.05})
+    # explicit weights are taken as given; the scale applies to the paper's weights only
+    assert StepConfig(weights=(1.0, 1.0, 1.0), aux_scale=0.2).loss_weights() == {
+        "bce": 1.0,
+        "energy": 1.0,
+        "ecal": 1.0,
+    }

@@ -66,8 +66,10 @@ class TrainConfig:
     devices). epochs: passes over the training set; max_steps: stop earlier (None: epochs decide).
     schedule: "paper" | "n_critic" | "simultaneous" (see :mod:`hepgan.train.step`); n_critic, g_steps:
     discriminator / generator updates per step. label_flip: probability of flipping a discriminator label.
-    loss_weights: None = the paper's weights for the model's arch. fake_energy_range: fixed25 only,
-    energies of fakes drawn from U(lo, hi) in E/100 units as the Keras loop (None: reuse the real batch's).
+    loss_weights: None = the paper's weights for the model's arch, with the auxiliary terms (energy,
+    ECAL sum, angle: all but the real/fake BCE) multiplied by ``aux_loss_scale`` (1 = the paper).
+    fake_energy_range: fixed25 only, energies of fakes drawn from U(lo, hi) in E/100 units as the Keras
+    loop (None: reuse the real batch's).
     fake_bn: generator BatchNorm mode for the discriminator's fakes, "running" (Keras ``predict``) or
     "batch". ema_decay: generator weight EMA used for sampling and validation (0: off).
     val_every_epochs: validate every N epochs (and at step 0 and the end; 0: only those two).
@@ -90,6 +92,7 @@ class TrainConfig:
     g_steps: int = 2
     label_flip: float = 0.05
     loss_weights: list[float] | None = None
+    aux_loss_scale: float = 1.0
     fake_energy_range: list[float] | None = field(default_factory=lambda: [0.1, 5.0])
     fake_bn: str = "running"
     ema_decay: float = 0.999
@@ -220,6 +223,7 @@ RANGES: dict[str, Range] = {
     "train.g_steps": _COUNT,
     "train.label_flip": _FRACTION,
     "train.ema_decay": _DECAY,  # 1 would freeze the EMA generator at its initial weights
+    "train.aux_loss_scale": _NONNEG,  # 0: the adversarial term alone
     "train.val_every_epochs": _NONNEG,
     "train.val_events": _COUNT,
     "train.ckpt_every_steps": _NONNEG,

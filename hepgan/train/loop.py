@@ -375,6 +375,7 @@ def fit(
         g_steps=tc.g_steps,
         label_flip=tc.label_flip,
         weights=None if tc.loss_weights is None else tuple(tc.loss_weights),
+        aux_scale=tc.aux_loss_scale,
         fake_energy_range=None if tc.fake_energy_range is None else tuple(tc.fake_energy_range),  # type: ignore[arg-type]
         cell_power=preprocess.cell_power,
         ema_decay=tc.ema_decay,

@@ -52,7 +52,8 @@ class StepConfig:
     real/fake label of the discriminator; ``fake_energy_range``: fixed25 only, (lo, hi) in E/100 units from
     which the fakes' energies are drawn uniformly, as the Keras loop (``uniform(0.1, 5)``), or None to
     reuse the real batch's energies; ``cell_power``: the preprocessing power, undone for the ECAL-sum
-    target; ``ema_decay``: generator EMA decay (0 = off).
+    target; ``ema_decay``: generator EMA decay (0 = off); ``aux_scale``: factor on every loss term but
+    the real/fake BCE (energy, ECAL sum, angle) when ``weights`` is None (1 = the paper's weights).
     """
 
     arch: str = "fixed25"
@@ -65,12 +66,19 @@ class StepConfig:
     cell_power: float = 1.0
     ema_decay: float = 0.999
     fake_bn: str = "running"
+    aux_scale: float = 1.0
 
     def loss_weights(self) -> dict[str, float]:
         """Loss term name -> weight for this architecture."""
         if self.arch not in TERMS:
             raise ValueError(f"train: unknown arch {self.arch!r}; valid: {sorted(TERMS)}")
-        w = self.weights if self.weights is not None else PAPER_WEIGHTS[self.arch]
+        if self.weights is not None:
+            w = self.weights
+        else:  # the paper's weights, the auxiliary (non-adversarial) terms scaled by aux_scale
+            w = tuple(
+                x if t == "bce" else x * self.aux_scale
+                for t, x in zip(TERMS[self.arch], PAPER_WEIGHTS[self.arch], strict=True)
+            )
         if len(w) != len(TERMS[self.arch]):
             raise ValueError(
                 f"train.loss_weights: {self.arch} needs {len(TERMS[self.arch])} weights for "
