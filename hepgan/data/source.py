@@ -601,7 +601,7 @@ class _RowReader:
         rb = self._row_bytes
         cuts = np.flatnonzero(np.diff(rows) != 1) + 1
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, rows.size], strict=True):
-            view = memoryview(raw[a * rb : b * rb])
+            view = memoryview(raw[a * rb : b * rb])  # type: ignore[arg-type]  # ndarray is a buffer
             pos = self._offset + int(rows[a]) * rb
             while view.nbytes:  # a short read (signals, network file systems) continues where it stopped
                 got = os.preadv(self._fd, [view], pos)

@@ -15,7 +15,8 @@ class ParallelConfig:
     """Devices of the run and the data-parallel gradient reduction (schema of group ``parallel``).
 
     backend: "auto" (the default: ``shard_map`` with ``sync_batchnorm`` on a mesh of several CPU devices,
-      where it is the fast one and follows ``xla``'s update rule (global-batch statistics; per-device noise); ``xla`` everywhere else),
+      where it is the fast one and follows ``xla``'s update rule (global-batch statistics; per-device
+      noise); ``xla`` everywhere else),
       "xla" (``jit`` over a ``("data",)`` mesh; XLA inserts the all-reduce; BatchNorm statistics
       over the global batch), "shard_map" (the step written per device, gradients averaged with
       ``lax.pmean``; BatchNorm per device unless ``sync_batchnorm``) or "mpi" (one process per device,

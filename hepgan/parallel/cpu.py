@@ -57,7 +57,7 @@ def accelerator_host() -> bool:
     platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
     if platforms:
         return any(p.strip() not in ("", "cpu") for p in platforms.split(","))
-    names = {(d.metadata.get("Name") or "").lower() for d in metadata.distributions()}
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
     return any(name.startswith(_ACCELERATOR_DISTS) for name in names)
 
 
