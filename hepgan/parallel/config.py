@@ -14,7 +14,7 @@ LAUNCHERS = ("auto", "none", "slurm", "mpi", "explicit")
 class ParallelConfig:
     """Devices of the run and the data-parallel gradient reduction (schema of group ``parallel``).
 
-    backend: "auto" (the default: ``shard_map`` with ``sync_batchnorm`` on a mesh of several CPU devices,
+    backend: "auto" (the default: ``shard_map`` with ``sync_batchnorm`` on several CPU devices of one process,
       where it is the fast one and follows ``xla``'s update rule (global-batch statistics; per-device
       noise); ``xla`` everywhere else),
       "xla" (``jit`` over a ``("data",)`` mesh; XLA inserts the all-reduce; BatchNorm statistics
