@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml $(HEPGAN_CONSTRAINTS)
 	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[mpi,hpo,dev]"
 	touch $(STAMP)
 
-# The default training: a small 3DGAN on the built-in simulated showers (about 6.5 min on 2 CPU cores).
+# The default training: a small 3DGAN on the built-in simulated showers (about 9.5 min on 2 CPU cores).
 # It writes checkpoints, logs, the manifest and the validation report under runs/demo and prints where.
 # Running it again resumes the finished run; `rm -rf runs/demo` starts afresh.
 demo: $(STAMP)
