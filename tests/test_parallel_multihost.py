@@ -103,8 +103,9 @@ def test_checkpoint_written_on_8_devices_restores_on_2_and_1(tmp_path):
             np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
-def _train_cli(args: list[str], n: int, port: int, log_dir) -> list[str]:
-    """``hepgan-train ARGS`` as ``n`` processes of one jax.distributed run (one CPU device each)."""
+def _start_cli(args: list[str], n: int, port: int, log_dir) -> list[tuple[subprocess.Popen, object]]:
+    """Start ``hepgan-train ARGS`` as ``n`` processes of one jax.distributed run (one CPU device each);
+    process ``i`` logs to ``log_dir/rank<i>-<port>.log``. Returns ``(process, open log file)`` pairs."""
     exe = os.path.join(os.path.dirname(sys.executable), "hepgan-train")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     procs = []
@@ -117,6 +118,12 @@ def _train_cli(args: list[str], n: int, port: int, log_dir) -> list[str]:
         ]
         log = open(log_dir / f"rank{i}-{port}.log", "w")
         procs.append((subprocess.Popen([exe, *args, *dist], env=env, stdout=log, stderr=log), log))
+    return procs
+
+
+def _train_cli(args: list[str], n: int, port: int, log_dir) -> list[str]:
+    """``hepgan-train ARGS`` as ``n`` processes of one jax.distributed run, to the end; their logs."""
+    procs = _start_cli(args, n, port, log_dir)
     try:
         for p, _ in procs:
             p.wait(timeout=300)
@@ -171,20 +178,9 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step_and_the_rerun_finish
     import signal
     import time
 
-    exe = os.path.join(os.path.dirname(sys.executable), "hepgan-train")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     run, port, steps = tmp_path / "run", _free_port(), 40
     args = ["debug=default", "model.conv_impl=fft", f"out={run}", f"train.max_steps={steps}"]
-    procs = []
-    for i in range(2):
-        dist = [
-            "parallel.launcher=explicit",
-            f"parallel.coordinator_address=127.0.0.1:{port}",
-            "parallel.num_processes=2",
-            f"parallel.process_id={i}",
-        ]
-        log = open(tmp_path / f"rank{i}.log", "w")
-        procs.append((subprocess.Popen([exe, *args, *dist], env=env, stdout=log, stderr=log), log))
+    procs = _start_cli(args, 2, port, tmp_path)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and procs[1][0].poll() is None:
@@ -200,7 +196,7 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step_and_the_rerun_finish
             if p.poll() is None:
                 p.kill()
             log.close()
-    logs = [(tmp_path / f"rank{i}.log").read_text() for i in range(2)]
+    logs = [(tmp_path / f"rank{i}-{port}.log").read_text() for i in range(2)]
     assert [p.returncode for p, _ in procs] == [75, 75], "\n----\n".join(log[-3000:] for log in logs)
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "preempted" and result["signal"] == signal.SIGUSR1
