@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from fs_helpers import unwritable
 
 from hepgan.cli.evaluate import main
 from hepgan.data.formats import write_file
@@ -71,25 +71,13 @@ def test_missing_file_and_checkpoint_usage_errors(
     assert "no_run" in capsys.readouterr().err
 
 
-def _unwritable(tmp_path: Path) -> Path:
-    """An output folder that cannot be made: under a read-only folder, or under a regular file when the
-    tests run as root (root writes into read-only folders)."""
-    if os.geteuid() != 0:
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        ro.chmod(0o500)
-        return ro / "out"
-    (tmp_path / "afile").write_text("")
-    return tmp_path / "afile" / "sub"
-
-
 def test_unwritable_out_fails_before_any_work(
     files: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out = _unwritable(tmp_path)
+    out = unwritable(tmp_path)
     import hepgan.physics.extract
 
     def no_work(*args: object, **kwargs: object) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fs_helpers import unwritable
 
 BIN = Path(sys.executable).parent
 
@@ -163,18 +164,6 @@ def test_train_misspelt_choice_exits_before_hydra(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def _unwritable(tmp_path):
-    """An output folder that cannot be made: under a read-only folder, or under a regular file when the
-    tests run as root (root writes into read-only folders)."""
-    if os.geteuid() != 0:
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        ro.chmod(0o500)
-        return ro / "out"
-    (tmp_path / "afile").write_text("")
-    return tmp_path / "afile" / "sub"
-
-
 def test_generate_unwritable_out_fails_before_restoring(tmp_path, capsys, monkeypatch):
     import hepgan.train.checkpoint
     from hepgan.cli.generate import main
@@ -183,7 +172,7 @@ def test_generate_unwritable_out_fails_before_restoring(tmp_path, capsys, monkey
         raise AssertionError("restored although --out cannot be written")
 
     monkeypatch.setattr(hepgan.train.checkpoint, "restore_run", no_restore)
-    out = _unwritable(tmp_path)
+    out = unwritable(tmp_path)
     assert main([str(tmp_path / "run"), "--n", "4", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"--out {out}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -94,23 +93,14 @@ def _disk_error(exc: BaseException) -> OSError | None:
 
 
 def _check_out(argv: list[str]) -> None:
-    """Fail before any set-up when the run directory cannot be created: its nearest existing parent
-    must be a writable folder. ``argv``: the command line (an ``out=`` override, else the default)."""
+    """Fail before any set-up when the run directory cannot be created (:func:`check_writable_dir`).
+    ``argv``: the command line (an ``out=`` override, else the default under ``runs/``)."""
+    from hepgan.cli.outdir import check_writable_dir
+
     out = next(
         (a.split("=", 1)[1] for a in reversed(argv) if a.startswith(("out=", "+out=", "++out="))), None
     )
-    path = Path(out if out and "${" not in out else "runs").absolute()
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(
-            f"out={out or path}: {parent} is a file, not a folder; the run directory cannot be made"
-        )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"out={out or path}: the folder {parent} is not writable; give out= a writable place"
-        )
+    check_writable_dir(out if out and "${" not in out else "runs", option="out")
 
 
 def _process_id(cfg: DictConfig) -> int:
