@@ -107,3 +107,38 @@ def test_aux_scale_scales_every_term_but_the_adversarial_one():
         "energy": 1.0,
         "ecal": 1.0,
     }
+
+
+def test_adversarial_variants_match_their_formulas():
+    from hepgan.train.losses import adversarial
+
+    logit = jnp.asarray([-2.0, -0.5, 0.3, 1.7], jnp.float32)
+    label = jnp.asarray([0.0, 1.0, 0.0, 1.0], jnp.float32)
+    s = 2 * np.asarray(label) - 1
+    np.testing.assert_allclose(
+        adversarial(logit, label, "hinge"), np.mean(np.maximum(0, 1 - s * np.asarray(logit))), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        adversarial(logit, label, "hinge", generator=True), -np.mean(np.asarray(logit)), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        adversarial(logit, label, "lsgan"), np.mean((np.asarray(logit) - np.asarray(label)) ** 2), rtol=1e-6
+    )
+    np.testing.assert_allclose(adversarial(logit, label, "bce"), bce_with_logits(logit, label), rtol=1e-6)
+    # a confident, correct discriminator has zero hinge loss; the generator's hinge loss falls as its
+    # fakes' logits rise
+    assert float(adversarial(jnp.asarray([3.0, -3.0]), jnp.asarray([1.0, 0.0]), "hinge")) == 0.0
+    with pytest.raises(ValueError, match="adv_loss"):
+        adversarial(logit, label, "wasserstein")
+
+
+def test_gan_loss_adv_keeps_the_bce_key():
+    out = {
+        "logit": jnp.asarray([0.5, -0.5]),
+        "energy": jnp.asarray([1.0, 2.0]),
+        "ecal": jnp.asarray([3.0, 4.0]),
+    }
+    kw = dict(label=jnp.ones(2), energy=jnp.asarray([1.0, 2.0]), ecal=jnp.asarray([3.0, 4.0]), theta=None)
+    total, terms = gan_loss(out, weights={"bce": 1.0}, adv="lsgan", **kw)
+    np.testing.assert_allclose(total, np.mean((np.asarray([0.5, -0.5]) - 1.0) ** 2), rtol=1e-6)
+    assert set(terms) == {"bce"}

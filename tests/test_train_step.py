@@ -229,3 +229,12 @@ def test_one_collective_per_update_plus_two_per_step(schedule, d_updates, g_upda
     }
     jax.make_jaxpr(step)(state, batch)
     assert len(reducer.calls) == d_updates + g_updates + 2, reducer.calls
+
+
+@pytest.mark.parametrize("adv", ["hinge", "lsgan"])
+def test_adversarial_variants_train(adv):
+    state, step, batch = setup(adv_loss=adv)
+    _, m = step(state, batch)
+    assert float(m["finite"]) == 1.0 and float(m["d_update_norm"]) > 0 and float(m["g_update_norm"]) > 0
+    with pytest.raises(ValueError, match="adv_loss"):
+        setup(adv_loss="wgan")

@@ -27,7 +27,7 @@ from hepgan.models import config as model_config
 from hepgan.parallel import config as parallel_config
 from hepgan.parallel.config import ParallelConfig
 from hepgan.physics import metrics as physics_metrics
-from hepgan.train import scaling, schedules, step
+from hepgan.train import losses, scaling, schedules, step
 from hepgan.train.rundir import register as _register_run_name
 from hepgan.train.scaling import ScalingConfig
 
@@ -68,6 +68,8 @@ class TrainConfig:
     discriminator / generator updates per step. label_flip: probability of flipping a discriminator label.
     loss_weights: None = the paper's weights for the model's arch, with the auxiliary terms (energy,
     ECAL sum, angle: all but the real/fake BCE) multiplied by ``aux_loss_scale`` (1 = the paper).
+    adv_loss: the real/fake loss, "bce" (the paper), "hinge" or "lsgan"
+    (:data:`hepgan.train.losses.ADV_LOSSES`).
     fake_energy_range: fixed25 only, energies of fakes drawn from U(lo, hi) in E/100 units as the Keras
     loop (None: reuse the real batch's).
     fake_bn: generator BatchNorm mode for the discriminator's fakes, "running" (Keras ``predict``) or
@@ -93,6 +95,7 @@ class TrainConfig:
     label_flip: float = 0.05
     loss_weights: list[float] | None = None
     aux_loss_scale: float = 1.0
+    adv_loss: str = "bce"
     fake_energy_range: list[float] | None = field(default_factory=lambda: [0.1, 5.0])
     fake_bn: str = "running"
     ema_decay: float = 0.999
@@ -146,6 +149,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": model_config.ARCHS,
     "model.size": model_config.SIZES,
     "model.conv_impl": conv.CONV_IMPLS,
+    "model.conditioning": model_config.CONDITIONINGS,
     "data.kind": source.KINDS,
     "data.geometry": tuple(geometry.PRESETS),
     "data.file_geometry": tuple(geometry.PRESETS),
@@ -155,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.decay": scaling.DECAYS,
     "train.schedule": step.SCHEDULES,
     "train.fake_bn": step.FAKE_BN,
+    "train.adv_loss": losses.ADV_LOSSES,
     "train.on_nonfinite": ON_NONFINITE,
     "train.val_metrics": (*physics_metrics.ALL, *physics_metrics.GROUPS),
     "train.report_metrics": (*physics_metrics.ALL, *physics_metrics.GROUPS),

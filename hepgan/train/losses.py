@@ -51,6 +51,35 @@ def mae(pred: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(target - pred))
 
 
+ADV_LOSSES = ("bce", "hinge", "lsgan")
+"""Real/fake losses (``train.adv_loss``): the papers' binary cross-entropy (non-saturating for the
+generator, as Keras trains it with label 1 on fakes), the hinge loss (Lim & Ye 2017; Miyato et al. 2018)
+and the least-squares loss (Mao et al. 2017) on the logit."""
+
+
+def adversarial(
+    logit: jax.Array, label: jax.Array, kind: str = "bce", *, generator: bool = False
+) -> jax.Array:
+    """The real/fake loss of one discriminator evaluation, mean over the batch.
+
+    ``logit: [B]`` pre-sigmoid discriminator output; ``label: [B]`` in [0, 1] (1 = real; label flips give
+    the other value); ``kind``: one of :data:`ADV_LOSSES`; ``generator``: the generator's loss (its
+    labels are 1), which differs from the discriminator's only for ``hinge`` (``-mean(logit)``).
+    ``bce``: :func:`bce_with_logits`. ``hinge``: ``mean(relu(1 - s * logit))``, ``s = 2 label - 1``.
+    ``lsgan``: ``mean((logit - label)^2)``.
+    """
+    _check(logit, label, "adversarial")
+    if kind == "bce":
+        return bce_with_logits(logit, label)
+    if kind == "hinge":
+        if generator:
+            return -jnp.mean(logit)
+        return jnp.mean(jax.nn.relu(1.0 - (2.0 * label - 1.0) * logit))
+    if kind == "lsgan":
+        return jnp.mean(jnp.square(logit - label))
+    raise ValueError(f"train.adv_loss: unknown {kind!r}; valid: {list(ADV_LOSSES)}")
+
+
 # Loss terms per architecture, in the order of the Keras ``loss=[...]`` lists, and the paper weights.
 TERMS: dict[str, tuple[str, ...]] = {
     "fixed25": ("bce", "energy", "ecal"),
@@ -70,18 +99,22 @@ def gan_loss(
     ecal: jax.Array,
     theta: jax.Array | None,
     weights: dict[str, float],
+    adv: str = "bce",
+    generator: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted multi-task loss of one discriminator evaluation.
 
     ``out``: the discriminator's heads (``logit [B]``, ``energy [B]`` in E/100, ``ecal [B]`` cell sum in
     scaled file units, ``angle [B]`` rad for angle51); ``label [B]`` real/fake target; ``energy [B]`` E/100;
     ``ecal [B]`` target cell sum; ``theta [B]`` rad or None; ``weights``: term name -> weight, its keys
-    choose the terms. Returns (weighted total, per-term values).
+    choose the terms; the real/fake term keeps the key ``"bce"`` whatever ``adv`` (the loss, see
+    :func:`adversarial`; ``generator`` selects the generator's form).
+    Returns (weighted total, per-term values).
     """
     terms: dict[str, jax.Array] = {}
     for name in weights:
         if name == "bce":
-            terms[name] = bce_with_logits(out["logit"], label)
+            terms[name] = adversarial(out["logit"], label, adv, generator=generator)
         elif name == "energy":
             terms[name] = mape(out["energy"], energy)
         elif name == "ecal":

@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 
 from hepgan.parallel.reduce import Reducer
-from hepgan.train.losses import PAPER_WEIGHTS, TERMS, gan_loss
+from hepgan.train.losses import ADV_LOSSES, PAPER_WEIGHTS, TERMS, gan_loss
 from hepgan.train.state import GANState, Players, fresh_rngs
 
 Batch = dict[str, jax.Array]
@@ -53,7 +53,8 @@ class StepConfig:
     which the fakes' energies are drawn uniformly, as the Keras loop (``uniform(0.1, 5)``), or None to
     reuse the real batch's energies; ``cell_power``: the preprocessing power, undone for the ECAL-sum
     target; ``ema_decay``: generator EMA decay (0 = off); ``aux_scale``: factor on every loss term but
-    the real/fake BCE (energy, ECAL sum, angle) when ``weights`` is None (1 = the paper's weights).
+    the real/fake BCE (energy, ECAL sum, angle) when ``weights`` is None (1 = the paper's weights);
+    ``adv_loss``: the real/fake loss, one of :data:`hepgan.train.losses.ADV_LOSSES` ("bce" = the paper).
     """
 
     arch: str = "fixed25"
@@ -67,6 +68,7 @@ class StepConfig:
     ema_decay: float = 0.999
     fake_bn: str = "running"
     aux_scale: float = 1.0
+    adv_loss: str = "bce"
 
     def loss_weights(self) -> dict[str, float]:
         """Loss term name -> weight for this architecture."""
@@ -122,6 +124,8 @@ def make_step(
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"train.schedule: unknown {cfg.schedule!r}; valid: {list(SCHEDULES)}")
+    if cfg.adv_loss not in ADV_LOSSES:
+        raise ValueError(f"train.adv_loss: unknown {cfg.adv_loss!r}; valid: {list(ADV_LOSSES)}")
     if cfg.fake_bn not in FAKE_BN:
         raise ValueError(f"train.fake_bn: unknown {cfg.fake_bn!r}; valid: {list(FAKE_BN)}")
     weights = cfg.loss_weights()
@@ -188,7 +192,9 @@ def make_step(
         aux: dict[str, jax.Array] = {}
         for i, (name, x, label, e, theta, ecal_t) in enumerate(parts):
             out, d_bs = disc(d_params, d_bs, x, jax.random.fold_in(key, i))
-            loss, terms = gan_loss(out, label=label, energy=e, ecal=ecal_t, theta=theta, weights=weights)
+            loss, terms = gan_loss(
+                out, label=label, energy=e, ecal=ecal_t, theta=theta, weights=weights, adv=cfg.adv_loss
+            )
             total = total + loss
             aux[f"d_{name}_loss"] = loss
             aux[f"d_{name}_p"] = jnp.mean(jax.nn.sigmoid(out["logit"]))
@@ -215,7 +221,16 @@ def make_step(
         x, g_bs = gen(g_params, g_bs, latent, k_g, True)
         out, _ = disc(d_params, d_bs, x, k_d)  # the frozen discriminator's statistics are not kept
         ones = jnp.ones(e.shape, jnp.float32)
-        loss, terms = gan_loss(out, label=ones, energy=e, ecal=ecal_t, theta=theta, weights=weights)
+        loss, terms = gan_loss(
+            out,
+            label=ones,
+            energy=e,
+            ecal=ecal_t,
+            theta=theta,
+            weights=weights,
+            adv=cfg.adv_loss,
+            generator=True,
+        )
         return loss, ({f"g_{k}": v for k, v in terms.items()}, g_bs)
 
     def g_grads(state, key, batch, ecal_real, ratio):
