@@ -18,7 +18,9 @@ from flax import nnx
 
 from hepgan.models import ModelConfig, build, conv_specs, measured_angle
 from hepgan.models.conv import choose_impl, conv3d, conv3d_fft, conv3d_xla, fft_length
+from hepgan.models.gan3d import Generator3D
 from hepgan.models.layers import avg_pool2, batch_norm, upsample_nearest, zero_pad
+from hepgan.train.state import param_count
 
 # ---------------------------------------------------------------------------------------------------
 # Paper architectures: per-layer parameter counts and shapes (no compilation: nnx.eval_shape)
@@ -384,6 +386,22 @@ def test_latent_conditioning(tiny) -> None:
     )
     noise = big if arch == "fixed25" else big[:, 2:]
     assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1.0) < 0.02
+
+
+def test_product_and_value_conditioning_gives_the_energy() -> None:
+    cfg = ModelConfig(arch="fixed25", size="tiny", conditioning="product_and_value")
+    g = Generator3D(cfg, rngs=nnx.Rngs(0))
+    paper = Generator3D(ModelConfig(arch="fixed25", size="tiny"), rngs=nnx.Rngs(0))
+    key, e = jax.random.key(3), jnp.asarray([30.0, 100.0, 420.0], jnp.float32)
+    z, z_paper = np.asarray(g.latent(key, e)), np.asarray(paper.latent(key, e))
+    np.testing.assert_allclose(z[:, 0], [0.3, 1.0, 4.2], rtol=1e-6)  # E/100 exactly
+    np.testing.assert_allclose(z[:, 1:], z_paper[:, 1:], rtol=1e-6)  # the rest is the paper's E * noise
+    assert g(jnp.asarray(z)).shape == (3, 25, 25, 25)
+    assert param_count(nnx.state(g, nnx.Param)) == param_count(nnx.state(paper, nnx.Param))
+    with pytest.raises(ValueError, match="conditioning"):
+        ModelConfig(arch="fixed25", conditioning="concat").resolve()
+    with pytest.raises(ValueError, match="fixed25 only"):
+        ModelConfig(arch="angle51", conditioning="product_and_value").resolve()
 
 
 def test_bad_inputs_raise_clear_errors(tiny) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 
 ARCHS = ("fixed25", "angle51")
 SIZES = ("paper", "small", "tiny")
+CONDITIONINGS = ("product", "product_and_value")
+"""How the fixed-angle generator receives the energy (``ModelConfig.conditioning``)."""
 
 # Widths per (arch, size). "paper" is the published architecture exactly; "small" keeps every layer
 # and every spatial shape but thins the channels (a CPU demo that trains in minutes); "tiny" is the
@@ -58,6 +60,12 @@ class ModelConfig:
     conv_impl: "xla" (direct convolution), "fft" (FFT convolution) or "auto" (per layer by a cost
       model: FFT where it is cheaper on CPU, always XLA on GPU/TPU); numerically equivalent.
     latent_dim, g_dense_channels, g_channels, d_channels: width overrides (see ``PRESETS``).
+    conditioning: fixed25 only, how the generator receives the primary energy. "product" (the paper):
+      ``z = (E/100) * N(0, 1)^latent_dim``, so the generator can read E only from the norm of ``z``,
+      which fluctuates by about ``1/sqrt(2 latent_dim)`` (9 % at the small model's 64, 5 % at the
+      paper's 200): wider than the simulated sampling-fraction resolution (1.5-3.5 %).
+      "product_and_value": the same vector with its first entry replaced by E/100, so the generator
+      knows E exactly; same parameter count. angle51 always concatenates E and theta (the paper).
     dropout: discriminator dropout rate (Keras 0.2).
     bn_epsilon: BatchNorm epsilon (1e-3 fixed25, 1e-6 angle51).
     bn_axis_name: mesh axis for cross-device BatchNorm statistics under ``shard_map`` (None: local).
@@ -76,6 +84,7 @@ class ModelConfig:
     g_dense_channels: int | None = None
     g_channels: list[int] | None = None
     d_channels: list[int] | None = None
+    conditioning: str = "product"
     dropout: float = 0.2
     bn_epsilon: float | None = None
     bn_axis_name: str | None = None
@@ -96,6 +105,15 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.conv_impl must be one of ('xla', 'fft', 'auto'); got {self.conv_impl!r}"
             )
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"ModelConfig.conditioning must be one of {CONDITIONINGS}; got {self.conditioning!r}"
+            )
+        if self.arch == "angle51" and self.conditioning != "product":
+            raise ValueError(
+                "ModelConfig.conditioning applies to arch fixed25 only (angle51 always concatenates E and "
+                f"theta to the noise); got conditioning={self.conditioning!r} with arch angle51"
+            )
         preset = {**PRESETS[(self.arch, self.size)], **ARCH_DEFAULTS[self.arch]}
         v = {f.name: getattr(self, f.name) for f in fields(self)}
         v.update({k: p for k, p in preset.items() if v[k] is None})
@@ -108,7 +126,9 @@ class ModelConfig:
                 f"ModelConfig for arch {self.arch!r} needs g_channels of length {n_g} and d_channels of "
                 f"length {n_d}; got {list(v['g_channels'])} and {list(v['d_channels'])}"
             )
-        min_latent = 3 if self.arch == "angle51" else 1  # angle51 latent = [E/100, theta, noise...]
+        min_latent = (
+            3 if self.arch == "angle51" else 2 if self.conditioning != "product" else 1
+        )  # angle51 latent = [E/100, theta, noise...]
         widths = [v["g_dense_channels"], *v["g_channels"], *v["d_channels"]]
         if int(v["latent_dim"]) < min_latent or any(int(c) < 1 for c in widths):
             raise ValueError(
@@ -149,6 +169,7 @@ class ResolvedModelConfig:
     g_dense_channels: int
     g_channels: tuple[int, ...]
     d_channels: tuple[int, ...]
+    conditioning: str
     dropout: float
     bn_epsilon: float
     bn_axis_name: str | None

@@ -57,14 +57,18 @@ class Generator3D(Generator):
         name_convs(self)
 
     def latent(self, key: jax.Array, energy: jax.Array, theta: jax.Array | None = None) -> jax.Array:
-        """``(E/100) * N(0, 1)^latent_dim`` (multiplicative conditioning, as the paper).
+        """``(E/100) * N(0, 1)^latent_dim`` (multiplicative conditioning, as the paper); with
+        ``conditioning="product_and_value"`` its first entry is E/100 itself.
 
         ``key``: PRNG key; ``energy: [B] GeV``; ``theta`` is ignored (normal incidence).
         Returns ``[B, latent_dim]``.
         """
-        e = as_batch_vector("energy", energy)
+        e = as_batch_vector("energy", energy) / 100.0
         noise = jax.random.normal(key, (e.shape[0], self.latent_dim), jnp.float32)
-        return (e / 100.0)[:, None] * noise
+        z = e[:, None] * noise
+        if self.cfg.conditioning == "product_and_value":
+            z = z.at[:, 0].set(e)
+        return z
 
     def __call__(self, z: jax.Array) -> jax.Array:
         """``z: [B, latent_dim]`` -> showers ``[B, 25, 25, 25]`` (preprocessed units, >= 0)."""
