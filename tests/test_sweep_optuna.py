@@ -81,11 +81,35 @@ def test_space_yaml_to_distributions(setup: tuple[Path, Path]) -> None:
         ({"params": {}}, "non-empty"),
         ({"params": {"a": {"type": "int", "low": 1, "high": 2}}, "directon": "min"}, "unknown keys"),
         ({"params": {"a": {"type": "categorical", "choices": []}}}, "non-empty list"),
+        ({"params": {"a": {"type": "int", "low": 1, "high": 2}}, "enqueue": [{"b": 1}]}, r"enqueue\[0\]"),
+        ({"params": {"a": {"type": "int", "low": 1, "high": 2}}, "enqueue": [{"a": 5}]}, "outside"),
+        ({"params": {"a": {"type": "int", "low": 1, "high": 2}}, "enqueue": {"a": 1}}, "list of mappings"),
     ],
 )
 def test_bad_space_is_a_clear_error(doc: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_space(doc, source="'x.yaml'")
+
+
+def test_enqueued_trials_run_first_and_only_once(setup: tuple[Path, Path]) -> None:
+    doc = {
+        "params": {
+            "x": {"type": "float", "low": 0.0, "high": 1.0},
+            "k": {"type": "categorical", "choices": ["a", "b"]},
+        },
+        "enqueue": [{"x": 0.25, "k": "b"}],
+        "sampler": {"name": "random", "seed": 0},
+    }
+    space = parse_space(doc)
+    storage = optuna.storages.InMemoryStorage()
+    study = load_study(space, storage)
+    first = study.ask()
+    assert first.params == {"x": 0.25, "k": "b"} or (
+        first.suggest_float("x", 0.0, 1.0) == 0.25 and first.suggest_categorical("k", ["a", "b"]) == "b"
+    )
+    study.tell(first, 1.0)
+    again = load_study(space, storage)  # loading a study that has trials enqueues nothing more
+    assert len(again.get_trials(deepcopy=False)) == 1
 
 
 @pytest.mark.parametrize(

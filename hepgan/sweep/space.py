@@ -11,6 +11,8 @@ Example (``experiments/hpo/space.yaml`` is a complete one)::
       optim.lr_d: {type: log, low: 1.0e-5, high: 1.0e-2}          # "log" = float with log: true
       train.batch_size: {type: int, low: 32, high: 256, step: 32}
       model.size: {type: categorical, choices: [small, paper]}
+    enqueue:                      # optional: trials to run first (e.g. the current recipe as a baseline)
+      - {optim.lr_g: 1.0e-3, optim.lr_d: 1.0e-3, train.batch_size: 128, model.size: small}
     sampler: {name: tpe, seed: 0, n_startup_trials: 10}          # tpe | random | qmc | gp
     pruner: {name: median, n_startup_trials: 5, n_warmup_steps: 3}  # median | none
 
@@ -75,6 +77,7 @@ class SearchSpace:
     sampler: dict[str, Any] = field(default_factory=dict)
     pruner: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
 
     def overrides(self, params: Mapping[str, Any]) -> list[str]:
         """Hydra overrides of one trial: the fixed ones, then ``key=value`` per sampled parameter."""
@@ -162,11 +165,30 @@ def _distribution(key: str, spec: Any, source: str) -> Any:
     raise ValueError(f"{where}: type {kind!r} is not one of {', '.join(_TYPES)}")
 
 
+def _enqueue(items: Any, distributions: Mapping[str, Any], source: str) -> list[dict[str, Any]]:
+    """The ``enqueue`` list: each entry a complete mapping of the space's keys to values it can take."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ValueError(f"search space {source}: 'enqueue' must be a list of mappings of params")
+    out = []
+    for i, item in enumerate(items):
+        where = f"search space {source}: enqueue[{i}]"
+        if not isinstance(item, Mapping) or set(map(str, item)) != set(distributions):
+            have = sorted(map(str, item)) if isinstance(item, Mapping) else item
+            raise ValueError(f"{where} must give every key of 'params' ({sorted(distributions)}); got {have}")
+        for k, v in item.items():
+            if not distributions[str(k)]._contains(distributions[str(k)].to_internal_repr(v)):
+                raise ValueError(f"{where}: {k}={v!r} is outside the space's {distributions[str(k)]}")
+        out.append({str(k): v for k, v in item.items()})
+    return out
+
+
 def parse_space(doc: Mapping[str, Any], *, source: str = "<dict>") -> SearchSpace:
     """Build a :class:`SearchSpace` from a parsed YAML mapping (see the module docstring)."""
     if not isinstance(doc, Mapping):
         raise ValueError(f"search space {source}: expected a mapping at the top; got {type(doc).__name__}")
-    known = {"study", "direction", "objective", "fixed", "params", "sampler", "pruner"}
+    known = {"study", "direction", "objective", "fixed", "params", "sampler", "pruner", "enqueue"}
     extra = set(doc) - known
     if extra:
         raise ValueError(f"search space {source}: unknown keys {sorted(extra)} (known: {sorted(known)})")
@@ -184,9 +206,11 @@ def parse_space(doc: Mapping[str, Any], *, source: str = "<dict>") -> SearchSpac
     for section in ("sampler", "pruner"):
         if not isinstance(doc.get(section) or {}, Mapping):
             raise ValueError(f"search space {source}: {section!r} must be a mapping")
+    distributions = {str(k): _distribution(str(k), v, source) for k, v in params.items()}
     return SearchSpace(
         name=str(doc.get("study", "hepgan-hpo")),
-        distributions={str(k): _distribution(str(k), v, source) for k, v in params.items()},
+        distributions=distributions,
+        enqueue=_enqueue(doc.get("enqueue"), distributions, source),
         direction=direction,
         objective=str(doc.get("objective", "physics_score")),
         fixed=list(fixed),

@@ -146,10 +146,12 @@ def load_study(space: SearchSpace, storage: Any, *, seed_offset: int = 0, seed: 
     """Create or load the space's study in ``storage`` with its sampler and pruner.
 
     ``seed_offset`` shifts the space's sampler seed; ``seed`` replaces it (see ``SearchSpace.make_sampler``).
+    A new (empty) study gets the space's ``enqueue`` trials first, in order. Two processes creating the
+    same study at the same instant may both enqueue them (the trials then run twice; harmless).
     """
     import optuna
 
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=space.name,
         storage=storage,
         direction=space.direction,  # type: ignore[arg-type]  # checked by parse_space
@@ -157,6 +159,10 @@ def load_study(space: SearchSpace, storage: Any, *, seed_offset: int = 0, seed: 
         pruner=space.make_pruner(),
         load_if_exists=True,
     )
+    if space.enqueue and not study.get_trials(deepcopy=False):
+        for params in space.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+    return study
 
 
 def optuna_reporter(trial: Any, objective: str) -> Reporter:
