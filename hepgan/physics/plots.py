@@ -235,3 +235,46 @@ def all_figures(gen: ObservableSet, ref: ObservableSet) -> dict[str, Figure]:
         "projections": projections_figure(gen, ref),
     }
     return figs
+
+
+CONVERGENCE_METRICS = ("physics_score", "auc_hlf", "auc_cells", "sf_rel_error")
+"""Validation columns :func:`convergence_figure` draws when a run has them (lower is better for all;
+an AUC of 0.5 is a generator the classifier cannot tell from the simulation)."""
+
+
+def convergence_figure(rows: list[dict[str, float]], *, title: str = "") -> Figure:
+    """Validation metrics against showers seen (left) and training wall time (right).
+
+    ``rows``: a run's validation records (``val.csv`` as dicts, ``fit()``'s ``history``), each with
+    ``showers_seen`` and ``train_seconds`` (written by hepgan-train since they were added; rows without
+    them are skipped) and any of :data:`CONVERGENCE_METRICS`. Linear x axes (the row at 0 showers is
+    the untrained generator). Returns a 2-column Figure, one row per metric.
+    """
+    rows = [r for r in rows if "showers_seen" in r and "train_seconds" in r]
+    names = [m for m in CONVERGENCE_METRICS if any(np.isfinite(r.get(m, np.nan)) for r in rows)]
+    if not rows or not names:
+        raise ValueError(
+            "convergence_figure: the rows need showers_seen, train_seconds and one of "
+            f"{list(CONVERGENCE_METRICS)}; got columns {sorted(rows[0]) if rows else []}"
+        )
+    fig, axes = plt.subplots(len(names), 2, figsize=(10, 2.6 * len(names)), squeeze=False, sharex="col")
+    seen = np.asarray([r["showers_seen"] for r in rows], float)
+    wall = np.asarray([r["train_seconds"] for r in rows], float) / 60.0
+    for i, name in enumerate(names):
+        y = np.asarray([r.get(name, np.nan) for r in rows], float)
+        for j, x in enumerate((seen, wall)):
+            ax = axes[i, j]
+            ok = np.isfinite(y)
+            ax.plot(x[ok], y[ok], "o-", color=GEN_STYLE["color"])
+            if name.startswith("auc"):
+                ax.axhline(0.5, color="grey", ls=":", lw=1)
+            if name in ("physics_score", "sf_rel_error") and (y[ok] > 0).all():
+                ax.set_yscale("log")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("showers seen")
+    axes[-1, 1].set_xlabel("training wall time [min]")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

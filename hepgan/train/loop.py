@@ -376,6 +376,7 @@ def fit(
         label_flip=tc.label_flip,
         weights=None if tc.loss_weights is None else tuple(tc.loss_weights),
         aux_scale=tc.aux_loss_scale,
+        adv_loss=tc.adv_loss,
         fake_energy_range=None if tc.fake_energy_range is None else tuple(tc.fake_energy_range),  # type: ignore[arg-type]
         cell_power=preprocess.cell_power,
         ema_decay=tc.ema_decay,
@@ -444,6 +445,10 @@ def fit(
             for k, v in evaluate(generate_reference(state), reference, metrics=tc.val_metrics).items()
         }
         metrics["val_seconds"] = time.perf_counter() - t0
+        # for convergence curves: showers seen, and training wall time of this process (compilation
+        # included; validation, checkpoints and reports not; a resumed run counts from its restart)
+        metrics["showers_seen"] = float(step * tc.batch_size)
+        metrics["train_seconds"] = float(timing["train_seconds"])
         history.append({"step": step, "epoch": step / steps_per_epoch, **metrics})
         logs.write("val", step, metrics)
         log.info(
