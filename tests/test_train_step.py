@@ -238,3 +238,16 @@ def test_adversarial_variants_train(adv):
     assert float(m["finite"]) == 1.0 and float(m["d_update_norm"]) > 0 and float(m["g_update_norm"]) > 0
     with pytest.raises(ValueError, match="adv_loss"):
         setup(adv_loss="wgan")
+
+
+def test_joint_discriminator_batch():
+    state, step, batch = setup(schedule="n_critic", n_critic=1, d_batch="joint")
+    _, m = step(state, batch)
+    _, m_sep = setup(schedule="n_critic", n_critic=1)[1](state, batch)
+    assert float(m["finite"]) == 1.0
+    # one BatchNorm evaluation of real + fake gives other D outputs than two separate ones
+    assert float(m["d_real_p"]) != float(m_sep["d_real_p"])
+    with pytest.raises(ValueError, match="d_batch=joint needs"):
+        setup(d_batch="joint")
+    with pytest.raises(ValueError, match="d_batch"):
+        setup(schedule="n_critic", d_batch="mixed")

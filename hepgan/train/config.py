@@ -69,7 +69,9 @@ class TrainConfig:
     loss_weights: None = the paper's weights for the model's arch, with the auxiliary terms (energy,
     ECAL sum, angle: all but the real/fake BCE) multiplied by ``aux_loss_scale`` (1 = the paper).
     adv_loss: the real/fake loss, "bce" (the paper), "hinge" or "lsgan"
-    (:data:`hepgan.train.losses.ADV_LOSSES`).
+    (:data:`hepgan.train.losses.ADV_LOSSES`). d_batch: "separate" (the paper) or "joint" real + fake
+    batches through the discriminator's BatchNorm (:data:`hepgan.train.step.D_BATCH`; needs schedule
+    n_critic or simultaneous).
     fake_energy_range: fixed25 only, energies of fakes drawn from U(lo, hi) in E/100 units as the Keras
     loop (None: reuse the real batch's).
     fake_bn: generator BatchNorm mode for the discriminator's fakes, "running" (Keras ``predict``) or
@@ -96,6 +98,7 @@ class TrainConfig:
     loss_weights: list[float] | None = None
     aux_loss_scale: float = 1.0
     adv_loss: str = "bce"
+    d_batch: str = "separate"
     fake_energy_range: list[float] | None = field(default_factory=lambda: [0.1, 5.0])
     fake_bn: str = "running"
     ema_decay: float = 0.999
@@ -159,6 +162,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.decay": scaling.DECAYS,
     "train.schedule": step.SCHEDULES,
     "train.fake_bn": step.FAKE_BN,
+    "train.d_batch": step.D_BATCH,
     "train.adv_loss": losses.ADV_LOSSES,
     "train.on_nonfinite": ON_NONFINITE,
     "train.val_metrics": (*physics_metrics.ALL, *physics_metrics.GROUPS),

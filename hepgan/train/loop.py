@@ -377,6 +377,7 @@ def fit(
         weights=None if tc.loss_weights is None else tuple(tc.loss_weights),
         aux_scale=tc.aux_loss_scale,
         adv_loss=tc.adv_loss,
+        d_batch=tc.d_batch,
         fake_energy_range=None if tc.fake_energy_range is None else tuple(tc.fake_energy_range),  # type: ignore[arg-type]
         cell_power=preprocess.cell_power,
         ema_decay=tc.ema_decay,

@@ -23,6 +23,7 @@ its running statistics.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,12 @@ Metrics = dict[str, jax.Array]
 
 SCHEDULES = ("paper", "n_critic", "simultaneous")
 FAKE_BN = ("running", "batch")
+D_BATCH = ("separate", "joint")
+"""How the discriminator's BatchNorm sees real and fake showers (``train.d_batch``): "separate" batches
+(the Keras loop: each ``train_on_batch`` call normalises its all-real or all-fake batch by its own
+statistics, so a feature that differs between the two sets by a constant factor, such as the energy
+scale, is normalised away), or "joint": one evaluation of the concatenated real and fake batch, in the
+discriminator's updates and, with a real batch beside the fakes, in the generator's."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ class StepConfig:
     reuse the real batch's energies; ``cell_power``: the preprocessing power, undone for the ECAL-sum
     target; ``ema_decay``: generator EMA decay (0 = off); ``aux_scale``: factor on every loss term but
     the real/fake BCE (energy, ECAL sum, angle) when ``weights`` is None (1 = the paper's weights);
-    ``adv_loss``: the real/fake loss, one of :data:`hepgan.train.losses.ADV_LOSSES` ("bce" = the paper).
+    ``adv_loss``: the real/fake loss, one of :data:`hepgan.train.losses.ADV_LOSSES` ("bce" = the paper);
+    ``d_batch``: :data:`D_BATCH` ("separate" = the paper; "joint" needs schedule n_critic or simultaneous).
     """
 
     arch: str = "fixed25"
@@ -69,6 +77,7 @@ class StepConfig:
     fake_bn: str = "running"
     aux_scale: float = 1.0
     adv_loss: str = "bce"
+    d_batch: str = "separate"
 
     def loss_weights(self) -> dict[str, float]:
         """Loss term name -> weight for this architecture."""
@@ -126,6 +135,13 @@ def make_step(
         raise ValueError(f"train.schedule: unknown {cfg.schedule!r}; valid: {list(SCHEDULES)}")
     if cfg.adv_loss not in ADV_LOSSES:
         raise ValueError(f"train.adv_loss: unknown {cfg.adv_loss!r}; valid: {list(ADV_LOSSES)}")
+    if cfg.d_batch not in D_BATCH:
+        raise ValueError(f"train.d_batch: unknown {cfg.d_batch!r}; valid: {list(D_BATCH)}")
+    if cfg.d_batch == "joint" and cfg.schedule == "paper":
+        raise ValueError(
+            "train.d_batch=joint needs train.schedule=n_critic or simultaneous: the paper schedule updates "
+            "the discriminator on a real and a fake batch one after the other"
+        )
     if cfg.fake_bn not in FAKE_BN:
         raise ValueError(f"train.fake_bn: unknown {cfg.fake_bn!r}; valid: {list(FAKE_BN)}")
     weights = cfg.loss_weights()
@@ -187,11 +203,25 @@ def make_step(
         return jax.lax.stop_gradient(x), e, theta, ecal_t
 
     # ---- discriminator step -------------------------------------------------------------------------------
+    joint = cfg.d_batch == "joint"
+
+    def joint_outputs(d_params, d_bs, xs, key):
+        """One discriminator evaluation of the concatenated batches ``xs``; outputs split back per batch."""
+        out, d_bs = disc(d_params, d_bs, jnp.concatenate(xs), key)
+        cuts = list(itertools.accumulate(x.shape[0] for x in xs))[:-1]
+        split = {k: jnp.split(v, cuts) for k, v in out.items()}
+        return [{k: v[i] for k, v in split.items()} for i in range(len(xs))], d_bs
+
     def d_loss(d_params, d_bs, parts, key):
         total = jnp.zeros((), jnp.float32)
         aux: dict[str, jax.Array] = {}
+        if joint:
+            outs, d_bs = joint_outputs(d_params, d_bs, [p[1] for p in parts], key)
         for i, (name, x, label, e, theta, ecal_t) in enumerate(parts):
-            out, d_bs = disc(d_params, d_bs, x, jax.random.fold_in(key, i))
+            if joint:
+                out = outs[i]
+            else:
+                out, d_bs = disc(d_params, d_bs, x, jax.random.fold_in(key, i))
             loss, terms = gan_loss(
                 out, label=label, energy=e, ecal=ecal_t, theta=theta, weights=weights, adv=cfg.adv_loss
             )
@@ -216,10 +246,14 @@ def make_step(
         )
 
     # ---- generator step -----------------------------------------------------------------------------------
-    def g_loss(g_params, g_bs, d_params, d_bs, latent, e, theta, ecal_t, key):
+    def g_loss(g_params, g_bs, d_params, d_bs, latent, e, theta, ecal_t, key, real):
         k_g, k_d = jax.random.split(key)
         x, g_bs = gen(g_params, g_bs, latent, k_g, True)
-        out, _ = disc(d_params, d_bs, x, k_d)  # the frozen discriminator's statistics are not kept
+        # the frozen discriminator's statistics are not kept
+        if joint:  # normalised together with a real batch, as in the discriminator's updates
+            out = joint_outputs(d_params, d_bs, [real, x], k_d)[0][1]
+        else:
+            out, _ = disc(d_params, d_bs, x, k_d)
         ones = jnp.ones(e.shape, jnp.float32)
         loss, terms = gan_loss(
             out,
@@ -247,6 +281,7 @@ def make_step(
             theta,
             ecal_t,
             k_l,
+            batch["ecal"],
         )
         grads, gns, g_bs = reducer.grads_and_mean(grads, e.shape[0], g_bs)  # one collective
         g_gns.append(gns)
