@@ -83,9 +83,12 @@ def _run(args: argparse.Namespace) -> int:
     players, state, preprocess, conf = restore_run(args.run_dir, best=args.best, step=args.step)
     fmt = args.format or ("fixed25" if conf.model.arch == "fixed25" else "angle")
     batch = min(args.batch, args.n)
-    generate(players, state, energy[:batch], theta[:batch], batch=batch, seed=args.seed)  # compile
+    stats = conf.train.sample_bn  # BatchNorm statistics as the run's validation used them
+    generate(
+        players, state, energy[:batch], theta[:batch], batch=batch, seed=args.seed, bn_stats=stats
+    )  # compile
     t0 = time.perf_counter()
-    x = generate(players, state, energy, theta, batch=batch, seed=args.seed)
+    x = generate(players, state, energy, theta, batch=batch, seed=args.seed, bn_stats=stats)
     seconds = time.perf_counter() - t0
     ecal = np.asarray(preprocess.invert_cells(x), np.float32)
     showers = Showers(ecal=ecal, energy=energy, theta=theta if conf.model.arch != "fixed25" else None)

@@ -162,7 +162,15 @@ def evaluate_checkpoint(
         source = open_source(data).reference
         reference = source.read(np.arange(min(n_events, len(source))))
     theta = reference.theta_or_normal()
-    x = generate(players, state, reference.energy, theta, batch=conf.train.batch_size, seed=seed)
+    x = generate(
+        players,
+        state,
+        reference.energy,
+        theta,
+        batch=conf.train.batch_size,
+        seed=seed,
+        bn_stats=conf.train.sample_bn,
+    )
     ecal = np.asarray(preprocess.invert_cells(x), np.float32)
     generated = Showers(ecal=ecal, energy=reference.energy, theta=reference.theta)
     names = conf.train.val_metrics if metrics is None else metrics

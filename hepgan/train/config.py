@@ -28,6 +28,7 @@ from hepgan.parallel import config as parallel_config
 from hepgan.parallel.config import ParallelConfig
 from hepgan.physics import metrics as physics_metrics
 from hepgan.train import losses, scaling, schedules, step
+from hepgan.train import state as train_state
 from hepgan.train.rundir import register as _register_run_name
 from hepgan.train.scaling import ScalingConfig
 
@@ -71,7 +72,9 @@ class TrainConfig:
     adv_loss: the real/fake loss, "bce" (the paper), "hinge" or "lsgan"
     (:data:`hepgan.train.losses.ADV_LOSSES`). d_batch: "separate" (the paper) or "joint" real + fake
     batches through the discriminator's BatchNorm (:data:`hepgan.train.step.D_BATCH`; needs schedule
-    n_critic or simultaneous).
+    n_critic or simultaneous). sample_bn: the generator's BatchNorm statistics when sampling
+    (validation, evaluation, hepgan-generate): "running" (Keras ``predict``) or "recomputed" for the EMA
+    weights from one batch of their own outputs (:func:`hepgan.train.state.recompute_bn_stats`).
     fake_energy_range: fixed25 only, energies of fakes drawn from U(lo, hi) in E/100 units as the Keras
     loop (None: reuse the real batch's).
     fake_bn: generator BatchNorm mode for the discriminator's fakes, "running" (Keras ``predict``) or
@@ -99,6 +102,7 @@ class TrainConfig:
     aux_loss_scale: float = 1.0
     adv_loss: str = "bce"
     d_batch: str = "separate"
+    sample_bn: str = "running"
     fake_energy_range: list[float] | None = field(default_factory=lambda: [0.1, 5.0])
     fake_bn: str = "running"
     ema_decay: float = 0.999
@@ -163,6 +167,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": step.SCHEDULES,
     "train.fake_bn": step.FAKE_BN,
     "train.d_batch": step.D_BATCH,
+    "train.sample_bn": train_state.BN_STATS,
     "train.adv_loss": losses.ADV_LOSSES,
     "train.on_nonfinite": ON_NONFINITE,
     "train.val_metrics": (*physics_metrics.ALL, *physics_metrics.GROUPS),

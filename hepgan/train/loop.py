@@ -387,7 +387,15 @@ def fit(
 
     def generate_reference(st: GANState) -> Showers:
         """The EMA generator's showers at the reference events' (E, theta), in file units."""
-        x = generate(players, st, reference.energy, ref_theta, batch=tc.batch_size, seed=tc.seed + 7919)
+        x = generate(
+            players,
+            st,
+            reference.energy,
+            ref_theta,
+            batch=tc.batch_size,
+            seed=tc.seed + 7919,
+            bn_stats=tc.sample_bn,
+        )
         ecal = np.asarray(preprocess.invert_cells(x), np.float32)
         return Showers(ecal=ecal, energy=reference.energy, theta=reference.theta)
 
