@@ -14,7 +14,7 @@ Example (``experiments/hpo/space.yaml`` is a complete one)::
     enqueue:                      # optional: trials to run first (e.g. the current recipe as a baseline)
       - {optim.lr_g: 1.0e-3, optim.lr_d: 1.0e-3, train.batch_size: 128, model.size: small}
     sampler: {name: tpe, seed: 0, n_startup_trials: 10}          # tpe | random | qmc | gp
-    pruner: {name: median, n_startup_trials: 5, n_warmup_steps: 3}  # median | none
+    pruner: {name: median, n_startup_trials: 5, n_warmup_steps: 500}  # median | none; warm-up in updates
 
 Values become overrides through :func:`format_value`, which writes them so that Hydra's parser reads back
 the same value and type.
@@ -115,7 +115,10 @@ class SearchSpace:
         )
 
     def make_pruner(self) -> Any:
-        """The Optuna pruner (``MedianPruner`` with the file's ``n_startup_trials``/``n_warmup_steps``)."""
+        """The Optuna pruner (``MedianPruner`` with the file's ``n_startup_trials``/``n_warmup_steps``).
+
+        A trial reports its objective at the training step of each validation, so ``n_warmup_steps``
+        counts training updates, not validations."""
         import optuna
 
         opts = dict(self.pruner)
