@@ -209,3 +209,28 @@ def test_every_checked_key_is_a_schema_key_with_a_valid_default():
     for key in (*CHOICES, *RANGES):
         check_key(key)
     validate(Config())
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expect"),
+    [
+        ("paper_fixed25", {"model.size": "paper", "train.batch_size": 128, "train.aux_loss_scale": 1.0}),
+        ("paper_angle51", {"model.arch": "angle51", "model.size": "paper"}),
+        ("cpu_fixed25", {"model.conditioning": "product_and_value", "train.d_batch": "joint"}),
+    ],
+)
+def test_every_experiment_composes_and_validates(experiment, expect):
+    from omegaconf import OmegaConf
+
+    from hepgan.train.config import compose
+
+    cfg = compose([f"experiment={experiment}"])
+    for key, value in expect.items():
+        assert OmegaConf.select(cfg, key) == value, key
+
+
+def test_experiment_files_are_all_covered():
+    from importlib import resources
+
+    files = {p.name[:-5] for p in resources.files("hepgan.conf").joinpath("experiment").iterdir()}
+    assert {f for f in files if not f.startswith("_")} == {"paper_fixed25", "paper_angle51", "cpu_fixed25"}
