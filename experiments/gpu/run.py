@@ -236,19 +236,7 @@ def build_case(arch: str, size: str, impl: str, batch: int) -> dict[str, Any]:
     state, players = init_state(
         generator, discriminator, opt.g_tx, opt.d_tx, tc.seed, lr_g=opt.peak_lr["g"], lr_d=opt.peak_lr["d"]
     )
-    step_cfg = StepConfig(
-        arch=model_cfg.arch,
-        schedule=tc.schedule,
-        n_critic=tc.n_critic,
-        g_steps=tc.g_steps,
-        label_flip=tc.label_flip,
-        weights=None if tc.loss_weights is None else tuple(tc.loss_weights),
-        aux_scale=tc.aux_loss_scale,
-        fake_energy_range=None if tc.fake_energy_range is None else tuple(tc.fake_energy_range),  # type: ignore[arg-type]
-        cell_power=preprocess.cell_power,
-        ema_decay=tc.ema_decay,
-        fake_bn=tc.fake_bn,
-    )
+    step_cfg = StepConfig.from_train(tc, arch=model_cfg.arch, cell_power=preprocess.cell_power)
     return {
         "state": state,
         "players": players,

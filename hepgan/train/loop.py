@@ -368,21 +368,7 @@ def fit(
     del generator, discriminator
 
     # ---- step ----------------------------------------------------------------------------------------
-    step_cfg = StepConfig(
-        arch=model_cfg.arch,
-        schedule=tc.schedule,
-        n_critic=tc.n_critic,
-        g_steps=tc.g_steps,
-        label_flip=tc.label_flip,
-        weights=None if tc.loss_weights is None else tuple(tc.loss_weights),
-        aux_scale=tc.aux_loss_scale,
-        adv_loss=tc.adv_loss,
-        d_batch=tc.d_batch,
-        fake_energy_range=None if tc.fake_energy_range is None else tuple(tc.fake_energy_range),  # type: ignore[arg-type]
-        cell_power=preprocess.cell_power,
-        ema_decay=tc.ema_decay,
-        fake_bn=tc.fake_bn,
-    )
+    step_cfg = StepConfig.from_train(tc, arch=model_cfg.arch, cell_power=preprocess.cell_power)
     train_step = par.compile(make_step(players, step_cfg, par.reducer))
 
     def generate_reference(st: GANState) -> Showers:

@@ -79,6 +79,27 @@ class StepConfig:
     adv_loss: str = "bce"
     d_batch: str = "separate"
 
+    @classmethod
+    def from_train(cls, train: Any, *, arch: str, cell_power: float) -> StepConfig:
+        """The step settings of a run: ``train`` a ``TrainConfig`` (the ``train`` group), ``arch`` the
+        model's architecture, ``cell_power`` the preprocessing's power. The one place that maps the
+        config onto the step, for the trainer and for everything that must measure the same update."""
+        return cls(
+            arch=arch,
+            schedule=train.schedule,
+            n_critic=train.n_critic,
+            g_steps=train.g_steps,
+            label_flip=train.label_flip,
+            weights=None if train.loss_weights is None else tuple(train.loss_weights),
+            aux_scale=train.aux_loss_scale,
+            adv_loss=train.adv_loss,
+            d_batch=train.d_batch,
+            fake_energy_range=None if train.fake_energy_range is None else tuple(train.fake_energy_range),
+            cell_power=cell_power,
+            ema_decay=train.ema_decay,
+            fake_bn=train.fake_bn,
+        )
+
     def loss_weights(self) -> dict[str, float]:
         """Loss term name -> weight for this architecture."""
         if self.arch not in TERMS:
