@@ -194,7 +194,10 @@ class _Logs:
     def write(self, kind: str, step: int, row: dict[str, float]) -> None:
         if self.tb is not None:
             for k, v in row.items():
-                self.tb.add_scalar(f"{kind}/{k}", v, step)
+                # an undefined value (the critical-batch estimate while |G|^2 <= 0) stays in the CSV as
+                # nan; TensorBoard cannot plot it and would warn on every write
+                if math.isfinite(v):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
         if not self.use_csv:
             return
         row = {"step": step, **row}
