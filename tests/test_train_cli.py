@@ -214,7 +214,15 @@ def test_every_checked_key_is_a_schema_key_with_a_valid_default():
 @pytest.mark.parametrize(
     ("experiment", "expect"),
     [
-        ("paper_fixed25", {"model.size": "paper", "train.batch_size": 128, "train.aux_loss_scale": 1.0}),
+        (
+            "paper_fixed25",
+            {
+                "model.size": "paper",
+                "train.batch_size": 128,
+                "train.aux_loss_scale": 1.0,
+                "train.ema_decay": 0.0,
+            },
+        ),
         ("paper_angle51", {"model.arch": "angle51", "model.size": "paper"}),
         ("cpu_fixed25", {"model.conditioning": "product_and_value", "train.d_batch": "joint"}),
     ],
