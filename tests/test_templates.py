@@ -308,6 +308,14 @@ def test_lsf_outside_a_job_or_without_plan_is_a_clear_error(fakes) -> None:
     assert "PLAN" in res.stderr
 
 
+def _default_signals() -> None:
+    """In the child before exec: default dispositions for the signals the scripts trap. A signal ignored
+    when bash starts cannot be trapped, and a test process may have inherited SIGINT ignored (pytest-xdist
+    workers, or a test that left it so); a scheduler starts job scripts with the defaults."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start(script: str, args: list[str], fakes: dict, program: str, **env: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         ["bash", str(SLURM / script), *args],
@@ -317,6 +325,7 @@ def _start(script: str, args: list[str], fakes: dict, program: str, **env: str) 
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_signals,
     )
     started = fakes["log"] / f"{program}.started"
     deadline = time.monotonic() + 30
