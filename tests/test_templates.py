@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -308,24 +309,26 @@ def test_lsf_outside_a_job_or_without_plan_is_a_clear_error(fakes) -> None:
     assert "PLAN" in res.stderr
 
 
-def _default_signals() -> None:
-    """In the child before exec: default dispositions for the signals the scripts trap. A signal ignored
-    when bash starts cannot be trapped, and a test process may have inherited SIGINT ignored (pytest-xdist
-    workers, or a test that left it so); a scheduler starts job scripts with the defaults."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
+# Starts argv[1:] with default dispositions for the signals the scripts trap. A signal ignored when bash
+# starts cannot be trapped, and the test process may have inherited SIGINT ignored (a pytest-xdist
+# worker, or a test that left it so); a scheduler starts job scripts with the defaults. (A preexec_fn
+# would do the same but makes subprocess fork the multithreaded test process.)
+_WITH_DEFAULT_SIGNALS = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1): signal.signal(s, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 def _start(script: str, args: list[str], fakes: dict, program: str, **env: str) -> subprocess.Popen:
     proc = subprocess.Popen(
-        ["bash", str(SLURM / script), *args],
+        [sys.executable, "-c", _WITH_DEFAULT_SIGNALS, "bash", str(SLURM / script), *args],
         env={**fakes["env"], **env},
         cwd=fakes["cwd"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_default_signals,
     )
     started = fakes["log"] / f"{program}.started"
     deadline = time.monotonic() + 30
