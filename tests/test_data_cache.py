@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from hepgan.data import cache as C
+from hepgan.data.config import DataConfig
 from hepgan.data.pipeline import Pipeline, Preprocess
 from hepgan.data.simulate import EnergySpec, SimulatorConfig, iter_simulate
-from hepgan.data.source import DataConfig, SimulatedSource, open_source
+from hepgan.data.source import SimulatedSource, open_source
 
 
 def _pair(tmp_path: Path, n: int = 30, **kw) -> tuple[SimulatedSource, SimulatedSource]:

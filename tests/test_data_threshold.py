@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from hepgan.data import formats as F
-from hepgan.data.source import DataConfig, FileSource, open_source
+from hepgan.data.config import DataConfig
+from hepgan.data.source import FileSource, open_source
 from hepgan.data.types import Showers
 from hepgan.train.config import value_problem
 

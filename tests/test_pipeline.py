@@ -18,11 +18,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from hepgan.data import formats
+from hepgan.data.config import DataConfig
 from hepgan.data.pipeline import Pipeline, Preprocess
 from hepgan.data.source import (
     REFERENCE_START,
     ArraySource,
-    DataConfig,
     FileSource,
     ShowerSource,
     SimulatedSource,

@@ -2,6 +2,11 @@
 
 ``DataConfig``, ``open_source``, ``Pipeline`` and ``Preprocess`` are re-exported here; they load on first
 use so that ``import hepgan.data`` (and the data CLIs) stay light (the pipeline imports JAX).
+
+Modules: ``formats`` (the HDF5 file formats, one module each, and their readers and writers),
+``source`` (the training sources), ``config`` (``DataConfig``), ``hashing`` (file sha256 for
+manifests), ``cache`` (on-disk simulated sets), ``simulate``, ``geometry``, ``pipeline``, ``fetch``,
+``types`` (``Showers``); see ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "DataConfig": "hepgan.data.source",
+    "DataConfig": "hepgan.data.config",
     "ShowerSource": "hepgan.data.source",
     "Sources": "hepgan.data.source",
     "open_source": "hepgan.data.source",

@@ -36,20 +36,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hepgan.data.source import DataConfig, ShowerSource
+from hepgan.cells import CELL_POWER, apply_power, undo_power
+from hepgan.data.config import DataConfig
+from hepgan.data.source import ShowerSource
 from hepgan.data.types import Showers
 
-# The papers' preprocessing per model architecture: (cell_scale, cell_power, energy_scale).
+# The papers' preprocessing per model architecture: (cell_scale, cell_power, energy_scale); the cell
+# power and its inverse are defined once, in hepgan.cells.
 _PRESETS: dict[str, tuple[float, float, float]] = {
     # Fixed-angle 3DGAN (EcalEnergyTrain.py): ECAL x100, primary energy / 100.
-    "fixed25": (100.0, 1.0, 0.01),
+    "fixed25": (100.0, CELL_POWER["fixed25"], 0.01),
     # AngleGAN (AngleTrain3dGAN.py defaults xscale=1, xpower=0.85, yscale=100).
-    "angle51": (1.0, 0.85, 0.01),
+    "angle51": (1.0, CELL_POWER["angle51"], 0.01),
 }
 
 
@@ -133,10 +135,7 @@ class Preprocess:
         own = inplace and showers.ecal.dtype == np.float32 and showers.ecal.flags.writeable
         out = showers.ecal if own else None
         ecal = np.multiply(showers.ecal, np.float32(self.cell_scale), out=out, dtype=np.float32)
-        if self.cell_power != 1.0:
-            # Cells are energies (>= 0); a tiny negative from upstream float noise would give NaN.
-            np.maximum(ecal, np.float32(0.0), out=ecal)
-            np.power(ecal, np.float32(self.cell_power), out=ecal)
+        apply_power(ecal, self.cell_power, out=ecal)  # cells are energies: float noise below 0 is clipped
         energy = np.multiply(showers.energy, np.float32(self.energy_scale), dtype=np.float32)
         theta = np.asarray(showers.theta_or_normal(), dtype=np.float32)
         return {"ecal": ecal, "energy": energy, "theta": theta}
@@ -151,10 +150,7 @@ class Preprocess:
         Returns:
             ``x ** (1 / cell_power) / cell_scale`` with the same array type and dtype as ``x``.
         """
-        xp = np if isinstance(x, np.ndarray) else jnp
-        if self.cell_power != 1.0:
-            x = xp.maximum(x, 0) ** (1.0 / self.cell_power)
-        return x / self.cell_scale
+        return undo_power(x, self.cell_power) / self.cell_scale
 
     def invert_energy(self, energy: Any) -> Any:
         """Network-unit energy ``[B]`` back to GeV (``energy / energy_scale``), NumPy or JAX."""

@@ -10,39 +10,38 @@ simulator or from 3DGAN HDF5 files. Every source describes itself (``describe()`
   from there on demand. Event ``i`` depends only on ``(seed, start + i)``.
 - :class:`FileSource`: HDF5 files in any format :mod:`hepgan.data.formats` reads (3DGAN fixed-angle,
   3DGAN variable-angle, CaloChallenge). Random access: the requested indices are sorted and grouped per
-  file; uncompressed 3DGAN files are read by positional reads of their cell dataset (conditions kept
-  in memory), other files through ``formats.ShowerFile.take`` on a handle kept open per file. With
-  ``cache=True`` the files that cannot be read directly are kept in RAM (decoded) after their first
-  touch, within a memory budget.
+  file and read through a ``formats.RowReader`` kept open per file (conditions kept in memory;
+  uncompressed 3DGAN files by positional reads of their cell dataset). With ``cache=True`` the files
+  that cannot be read directly are kept in RAM (decoded) after their first touch, within a memory
+  budget.
 - :class:`SubsetSource`: a fixed selection of another source's events (train/reference splits).
-- :func:`open_source`: a :class:`DataConfig` -> ``Sources(train, reference)``; the reference set is for
-  physics validation and never shares an event with the training set.
+- :func:`open_source`: a :class:`~hepgan.data.config.DataConfig` -> ``Sources(train, reference)``; the
+  reference set is for physics validation and never shares an event with the training set.
+
+The data config lives in :mod:`hepgan.data.config`, the file readers in :mod:`hepgan.data.formats`, the
+file hashes of ``describe()`` in :mod:`hepgan.data.hashing`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-import h5py
 import numpy as np
 
 from hepgan.data import cache as sim_cache
 from hepgan.data import formats
-from hepgan.data.formats import ShowerFileError
+from hepgan.data.config import KINDS, DataConfig
 from hepgan.data.geometry import get_geometry
+from hepgan.data.hashing import file_sha256
 from hepgan.data.simulate import EnergySpec, SimulatorConfig, default_workers, iter_simulate, parse_theta
 from hepgan.data.types import Showers
-from hepgan.fileio import write_json
 
 # Reference events of a simulated source are events [REFERENCE_START, REFERENCE_START + n_reference) of the
 # same seed's stream: the contract "event i depends only on (seed, i)" then guarantees that they never
@@ -52,98 +51,6 @@ REFERENCE_START = 1_000_000_000
 # Hold-out selection of reference events from files uses its own fixed seed so the reference set is the
 # same for every training seed (runs of a sweep are validated against identical events).
 _SPLIT_SEED = 0x3D6A9
-
-
-# ----------------------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------------------
-
-KINDS = ("simulated", "files")
-"""Values of ``DataConfig.kind`` (interpreted by :func:`open_source`)."""
-
-
-@dataclass
-class DataConfig:
-    """Where the events come from and how they are turned into network inputs (Hydra schema ``data``).
-
-    Common:
-        kind: ``"simulated"`` (the embedded simulator, the default) or ``"files"`` (HDF5 files).
-        seed: simulator seed for ``simulated``; not the shuffling seed (that is the pipeline's).
-        shuffle: shuffle the training events every epoch.
-        prefetch: batches prepared ahead by the pipeline's background thread.
-
-    ``kind="simulated"``:
-        geometry: ``"fixed25"`` (25x25x25) or ``"angle51"`` (51x51x25).
-        n_events: training events, simulated once (``n_events * (X*Y*Z + 2) * 4`` bytes: 62.5 kB per fixed25
-            and 260 kB per angle51 shower). Up to ``in_memory_max_gb`` they are kept in memory; larger
-            sets go to the on-disk cache in ``cache_dir`` and are streamed from there.
-        n_reference: held-out reference events for validation: events ``REFERENCE_START + i`` of the
-            same seed's stream, so never one of the training events.
-        energy: primary energy spec in GeV: ``"uniform:10:500"``, ``"loguniform:2:500"``,
-            ``"fixed:100"``, ``"list:10,50,100"``.
-        theta_deg: polar angle in degrees as a string: ``"90"`` (fixed) or ``"60:120"`` (uniform range).
-        workers: simulator processes (also for writing the disk cache); the events do not depend on it.
-        cache_dir: folder of the on-disk cache of simulated sets (``None`` = ``$HEPGAN_DATA_CACHE``, else
-            ``~/.cache/hepgan/simulated``); see :mod:`hepgan.data.cache`. Shared by every run and job
-            that asks for the same events: put it on a file system all of them see.
-        in_memory_max_gb: a simulated set (training or reference, each on its own) up to this size is
-            simulated into memory on first use; a larger one is cached on disk and streamed, so the
-            process holds only the batches in flight. 0 = always use the disk cache.
-        simulator: overrides of :class:`hepgan.data.simulate.SimulatorConfig` fields, e.g.
-            ``{"radial_scale": 1.1}`` for 10 % wider showers.
-
-    ``kind="files"``:
-        paths: files, directories (every ``*.h5``/``*.hdf5``/``*.hdf`` inside) or glob patterns.
-        reference_paths: files for the reference set; empty = hold out ``reference_fraction`` of the
-            events of ``paths``, chosen by a fixed seed (the same set for every training seed).
-        reference_fraction: fraction held out when ``reference_paths`` is empty (0 < f < 1).
-        max_events: use at most this many training events (a fixed random subset); ``None`` = all.
-        cache: keep whole files in RAM after their first read (decoded float32), while the total stays
-            under ``cache_max_gb``. Needed for fast shuffled reading of compressed/chunked files;
-            uncompressed 3DGAN files are read row by row from the file instead and never copied (see
-            ``FileSource``). Not to be confused with ``cache_dir``, the simulated-data cache.
-        cache_max_gb: RAM budget of the cache (per process).
-        file_format: ``None`` (detect) or a :func:`hepgan.data.formats.detect_format` name.
-        file_geometry: cell grid for CaloChallenge files that do not store one (``"fixed25"``,
-            ``"angle51"``); ``None`` for the 3DGAN formats, whose grid is in the data.
-        cell_threshold: cells below this energy (GeV) are read as 0; ``None`` = the format's default, the
-            original readers' (1e-6 fixed25, 1e-4 angle, none for CaloChallenge:
-            ``formats.DEFAULT_CELL_THRESHOLD``); 0 = the stored values.
-
-    Preprocessing (``None`` = the model's paper preset, :meth:`Preprocess.for_model`):
-        cell_scale: factor on cell energies (fixed25 preset 100, angle51 preset 1).
-        cell_power: power applied after scaling (fixed25 preset 1, angle51 preset 0.85).
-        energy_scale: factor on the primary energy (both presets 0.01, i.e. E/100).
-    """
-
-    kind: str = "simulated"
-    seed: int = 0
-    shuffle: bool = True
-    prefetch: int = 2
-    # simulated
-    geometry: str = "fixed25"
-    n_events: int = 4096
-    n_reference: int = 1024
-    energy: str = "uniform:10:500"
-    theta_deg: str = "90"
-    workers: int = 1
-    cache_dir: str | None = None
-    in_memory_max_gb: float = 1.0
-    simulator: dict[str, Any] = field(default_factory=dict)
-    # files
-    paths: list[str] = field(default_factory=list)
-    reference_paths: list[str] = field(default_factory=list)
-    reference_fraction: float = 0.1
-    max_events: int | None = None
-    cache: bool = True
-    cache_max_gb: float = 8.0
-    file_format: str | None = None
-    file_geometry: str | None = None
-    cell_threshold: float | None = None
-    # preprocessing overrides
-    cell_scale: float | None = None
-    cell_power: float | None = None
-    energy_scale: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -484,173 +391,6 @@ class SubsetSource:
 # ----------------------------------------------------------------------------------------------------
 
 
-_SHA_MEMO: dict[str, str] = {}  # file_sha256 results of this process, by (path, size, mtime)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, cached (see :class:`FileSource` ``describe``).
-
-    The cache key is (absolute path, size, mtime); hits come from memory, then from
-    ``$HEPGAN_CACHE_DIR/sha256.json`` (default ``~/.cache/hepgan``), so big data sets are hashed once per
-    machine, not once per run. A file that cannot be written to leaves the on-disk cache unused.
-    """
-    p = Path(path).resolve()
-    st = p.stat()
-    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
-    if key in _SHA_MEMO:
-        return _SHA_MEMO[key]
-    cache_file = Path(os.environ.get("HEPGAN_CACHE_DIR", Path.home() / ".cache" / "hepgan")) / "sha256.json"
-    try:
-        disk = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        disk = {}
-    if isinstance(disk, dict) and isinstance(disk.get(key), str):
-        _SHA_MEMO[key] = disk[key]
-        return disk[key]
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    _SHA_MEMO[key] = digest
-    try:
-        disk = disk if isinstance(disk, dict) else {}
-        disk[key] = digest
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json(cache_file, disk, indent=None)
-    except OSError:
-        pass
-    return digest
-
-
-_ROW_READER_FORMATS = ("fixed25", "angle")
-
-
-class _RowReader:
-    """Random rows of a file in a 3DGAN layout (``fixed25`` / ``angle``, see :mod:`hepgan.data.formats`).
-
-    Shuffled training reads a few scattered events per file and batch; HDF5 point selections cost far
-    more than the bytes they move. So the per-event conditions (primary energy, angle: a few bytes per
-    event) are read once and kept, and when ``ECAL`` is stored contiguously, unfiltered, in floats (what
-    ``formats.write_file`` writes by default) its rows are read with positional reads (``preadv``, one
-    per run of consecutive rows) straight into the answer (``direct``); a chunked or compressed ``ECAL``
-    falls back to an h5py selection of the rows. Positional reads rather than a memory map: the bytes
-    then stay in the OS page cache, outside the process, whose resident memory stays at the batches in
-    flight however much of the file an epoch touches (batch schedulers count mapped pages as the job's
-    memory). Every event is checked the first time it is read (finite, non-negative cells), as
-    ``formats`` checks what it reads.
-
-    The layout rules (energy in ``target[:, 1]`` or ``energy``; angle in ``theta``, else ``mtheta`` for
-    the angle layout) are those of ``formats``, whose ``ShowerFile`` has validated the file beforehand.
-    """
-
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._f = h5py.File(path, "r")
-        try:
-            ecal = self._f["ECAL"]
-            if fmt == "fixed25":
-                e_key, energy = "target", np.asarray(self._f["target"][:, 1])
-            else:
-                e_key, energy = "energy", np.asarray(self._f["energy"][()]).reshape(-1)
-            theta_key = "theta" if "theta" in self._f else ("mtheta" if fmt == "angle" else None)
-            self.energy = energy.astype(np.float32)
-            self.theta = None if theta_key is None else np.asarray(self._f[theta_key][()], np.float32)
-            bad = ~(np.isfinite(self.energy) & (self.energy > 0))
-            if bad.any():
-                raise ShowerFileError(
-                    path,
-                    f"event {int(np.argmax(bad))} has primary energy {float(self.energy[bad][0])!r}; "
-                    "expected a finite value > 0",
-                    e_key,
-                )
-            if self.theta is not None and not np.isfinite(self.theta).all():
-                i = int(np.argmax(~np.isfinite(self.theta)))
-                raise ShowerFileError(path, f"event {i} has a non-finite angle; expected radians", theta_key)
-            plist = ecal.id.get_create_plist()
-            offset = ecal.id.get_offset()
-            direct = (
-                plist.get_layout() == h5py.h5d.CONTIGUOUS
-                and plist.get_nfilters() == 0
-                and plist.get_external_count() == 0
-                and offset is not None
-                and ecal.dtype.kind == "f"
-                and hasattr(os, "preadv")
-            )
-            self.direct = direct
-            self._shape: tuple[int, ...] = tuple(ecal.shape)
-            self._dtype = ecal.dtype
-            self._offset = int(offset) if direct else 0
-            self._row_bytes = int(np.prod(self._shape[1:])) * ecal.dtype.itemsize
-            self._cells: Any = None if direct else ecal
-            self._checked = np.zeros(ecal.shape[0], bool)
-            if direct:
-                self._fd = os.open(path, os.O_RDONLY)
-        except BaseException:
-            self._f.close()
-            raise
-        if direct:  # everything needed is in memory or one read away: no HDF5 handle to hold
-            self._f.close()
-
-    def _pread_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Cells of ``rows`` (sorted, unique) as ``[k, X, Y, Z]`` in the file's dtype."""
-        assert self._fd is not None
-        out = np.empty((rows.size, *self._shape[1:]), self._dtype)
-        raw = out.reshape(-1).view(np.uint8)
-        rb = self._row_bytes
-        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, rows.size], strict=True):
-            view = memoryview(raw[a * rb : b * rb])  # type: ignore[arg-type]  # ndarray is a buffer
-            pos = self._offset + int(rows[a]) * rb
-            while view.nbytes:  # a short read (signals, network file systems) continues where it stopped
-                got = os.preadv(self._fd, [view], pos)
-                if got <= 0:
-                    raise ShowerFileError(
-                        self.path, f"file ends before event {int(rows[b - 1])}; truncated?", "ECAL"
-                    )
-                view, pos = view[got:], pos + got
-        return out
-
-    def take(self, rows: np.ndarray) -> Showers:
-        """Events at ``rows`` (sorted, unique): ``ecal [k, X, Y, Z]`` f32 GeV, ``energy [k]``, ``theta``."""
-        if self.direct:
-            if self._fd is None:
-                raise ValueError(f"{self.path}: reader is closed")
-            cells = self._pread_rows(rows)
-        else:
-            cells = self._cells[rows]
-        ecal = np.ascontiguousarray(cells, dtype=np.float32)
-        new = ~self._checked[rows]
-        if new.any():
-            flat = ecal[new].reshape(int(new.sum()), -1)
-            bad = ~np.isfinite(flat.sum(axis=1)) | (flat.min(axis=1) < 0)
-            if bad.any():
-                i = int(rows[new][np.argmax(bad)])
-                raise ShowerFileError(
-                    self.path, f"event {i} has NaN, infinite or negative cell energies; expected >= 0", "ECAL"
-                )
-            self._checked[rows[new]] = True
-        theta = None if self.theta is None else self.theta[rows]
-        return Showers(ecal=ecal, energy=self.energy[rows], theta=theta)
-
-    def close(self) -> None:
-        """Close the file descriptor and the HDF5 file (idempotent)."""
-        self._cells = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._f.id.valid:
-            self._f.close()
-
-    def __del__(self) -> None:
-        # A source dropped without close(): do not leak the descriptor.
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 class FileSource:
     """Events of HDF5 shower files, with efficient random access.
 
@@ -659,9 +399,9 @@ class FileSource:
     ``i - offsets[f]`` of file ``f``. ``read(indices)`` groups the indices per file, reads each file's
     share in one go and returns the events in the requested order. Handles stay open (at most
     ``max_open`` at once, least recently used closed first), so a shuffled batch costs no file opens.
-    Files in the 3DGAN layouts (``fixed25``, ``angle``) are read by :class:`_RowReader` (conditions held
-    in memory, cells read by positional reads of the contiguous ``ECAL`` dataset, far faster than an HDF5
-    point selection); other formats by ``formats.ShowerFile.take``.
+    Each file is read by a :class:`hepgan.data.formats.RowReader` (conditions held in memory; cells of
+    uncompressed 3DGAN files by positional reads of the contiguous ``ECAL`` dataset, far faster than an
+    HDF5 point selection; other files through their format's reader).
 
     Args:
         paths: files, directories or globs (see ``hepgan.data.formats.expand_paths``).
@@ -684,7 +424,7 @@ class FileSource:
 
     ``describe()`` lists each file with format, events, bytes and sha256. Hashing reads every byte
     (about 1-2 s per GB) and is done only when ``describe()`` is called, then cached (see
-    :func:`file_sha256`); call it once, on one process, for the manifest.
+    :func:`hepgan.data.hashing.file_sha256`); call it once, on one process, for the manifest.
     """
 
     fresh_arrays = True  # read() assembles every answer in newly allocated arrays
@@ -704,7 +444,7 @@ class FileSource:
         if not self.paths:
             raise ValueError("FileSource: no input files given")
         self.fmt, self.geometry, self.max_open = fmt, geometry, max(1, int(max_open))
-        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._open: OrderedDict[int, formats.RowReader] = OrderedDict()
         self._lock = threading.RLock()
         self.infos = []
         for path in self.paths:  # formats validates every file's layout from its metadata
@@ -742,16 +482,13 @@ class FileSource:
     def has_theta(self) -> bool:
         return self._has_theta
 
-    def _handle(self, f: int) -> Any:
+    def _handle(self, f: int) -> formats.RowReader:
         with self._lock:
             h = self._open.get(f)
             if h is None:
                 while len(self._open) >= self.max_open:
                     self._open.popitem(last=False)[1].close()
-                if self.infos[f].format in _ROW_READER_FORMATS:
-                    h = _RowReader(self.paths[f], self.infos[f].format)
-                else:
-                    h = formats.ShowerFile(self.paths[f], fmt=self.fmt, geometry=self.geometry)
+                h = formats.RowReader(self.paths[f], fmt=self.infos[f].format, geometry=self.geometry)
                 self._open[f] = h
             self._open.move_to_end(f)
             return h
@@ -771,7 +508,7 @@ class FileSource:
             hit = self._cache.get(f)
             if hit is not None:
                 return hit
-            if getattr(self._handle(f), "direct", False):
+            if self._handle(f).direct:
                 return None  # the OS page cache already holds these bytes in their final form
             need = int(self.counts[f]) * (int(np.prod(self._grid)) + 2) * 4
             if self._cached_bytes + need > self.cache_max_bytes:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from flax import nnx
 
+from hepgan.cells import undo_power
 from hepgan.models.anglegan import AngleDiscriminator, AngleGenerator, measured_angle
 from hepgan.models.base import Discriminator, Generator, conv_specs
 from hepgan.models.config import ARCHS, PRESETS, SIZES, ModelConfig, ResolvedModelConfig
-from hepgan.models.gan3d import Discriminator3D, Generator3D, undo_power
+from hepgan.models.gan3d import Discriminator3D, Generator3D
 
 __all__ = [
     "ARCHS",

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hepgan.cells import undo_power
 from hepgan.models.base import Discriminator, Generator, as_batch_vector, name_convs
 from hepgan.models.config import ModelConfig, ResolvedModelConfig
 from hepgan.models.conv import Conv3D
-from hepgan.models.gan3d import undo_power
 from hepgan.models.layers import (
     avg_pool2,
     batch_norm,

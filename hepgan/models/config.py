@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from hepgan.cells import CELL_POWER
+
 ARCHS = ("fixed25", "angle51")
 SIZES = ("paper", "small", "tiny")
 CONDITIONINGS = ("product", "product_and_value")
@@ -45,9 +47,9 @@ PRESETS: dict[tuple[str, str], dict[str, object]] = {
 ARCH_DEFAULTS: dict[str, dict[str, object]] = {
     # Keras BatchNormalization default epsilon; the fixed-angle D calls its BN layers with
     # training=True, so they always normalise with batch statistics.
-    "fixed25": dict(bn_epsilon=1e-3, cell_power=1.0, d_bn_batch_stats=True),
-    # AngleGAN passes epsilon=1e-6 to every BN layer; its cells enter as E^0.85.
-    "angle51": dict(bn_epsilon=1e-6, cell_power=0.85, d_bn_batch_stats=False),
+    "fixed25": dict(bn_epsilon=1e-3, cell_power=CELL_POWER["fixed25"], d_bn_batch_stats=True),
+    # AngleGAN passes epsilon=1e-6 to every BN layer; its cells enter as E^0.85 (hepgan.cells).
+    "angle51": dict(bn_epsilon=1e-6, cell_power=CELL_POWER["angle51"], d_bn_batch_stats=False),
 }
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hepgan.cells import undo_power
 from hepgan.models.base import Discriminator, Generator, as_batch_vector, name_convs
 from hepgan.models.config import ModelConfig, ResolvedModelConfig
 from hepgan.models.conv import Conv3D
@@ -117,14 +118,3 @@ class Discriminator3D(Discriminator):
             # cell_power is 1 for the paper's fixed-angle preprocessing; honoured if configured otherwise
             "ecal": jnp.sum(undo_power(x, self.cfg.cell_power), axis=(1, 2, 3)),
         }
-
-
-def undo_power(x: jax.Array, cell_power: float) -> jax.Array:
-    """Cells before the power transform of the preprocessing: ``x^(1/cell_power)``.
-
-    ``x: [B, X, Y, Z]`` preprocessed cells ``>= 0`` (negatives are clipped to 0 because a fractional power
-    of a negative number is undefined) -> same shape, in the preprocessing's linear scale (x100 GeV).
-    """
-    if cell_power == 1.0:
-        return x
-    return jnp.power(jnp.maximum(x, 0.0), 1.0 / cell_power)
