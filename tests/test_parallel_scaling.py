@@ -1,9 +1,9 @@
-"""Learning-rate scaling rules, warm-up/decay schedules, per-player rules and LARS/LAMB (NumPy formulas)."""
+"""Learning-rate scaling rules, warm-up/decay schedules, per-player rules and the optimizers (NumPy
+formulas): the ``optim`` and ``scaling`` groups through their one builder."""
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -11,18 +11,23 @@ import numpy as np
 import pytest
 
 from hepgan.train.scaling import (
+    OPTIMIZERS,
+    AdamConfig,
+    LambConfig,
+    OptimConfig,
     PlayerScaling,
+    RMSpropConfig,
     ScalingConfig,
     build_optimizers,
+    hyperparameters,
     lr_factor,
     make_optimizer,
+    player_optimizer,
     resolve,
     schedule,
 )
 
-OPTIM = SimpleNamespace(
-    name="rmsprop", lr_g=1e-3, lr_d=2e-3, rho=0.9, eps=1e-7, b1=0.9, b2=0.999, clip_norm=None
-)
+OPTIM = OptimConfig(name="rmsprop", lr_g=1e-3, lr_d=2e-3)
 
 
 @pytest.mark.parametrize(
@@ -119,18 +124,38 @@ def test_lamb_first_step_layerwise_trust_ratio():
         np.testing.assert_allclose(u[k], want, rtol=1e-4)
 
 
-def test_optim_group_values_are_the_fallback():
-    optim = SimpleNamespace(**vars(OPTIM), scaling="sqrt", ref_batch=64, warmup_steps=3, decay="cosine")
-    r = resolve(ScalingConfig(), "g", optim)
-    assert (r.rule, r.ref_batch, r.warmup_steps, r.decay) == ("sqrt", 64, 3, "cosine")
-    r = resolve(ScalingConfig(rule="linear", g=PlayerScaling(ref_batch=32)), "g", optim)
-    assert (r.rule, r.ref_batch) == ("linear", 32)
-    r = resolve(ScalingConfig(), "d")  # no optim group: none / 128 / 0 / constant
+def test_player_overrides_over_the_shared_settings():
+    r = resolve(ScalingConfig(), "d")  # the schema's defaults: none / 128 / 0 / constant
     assert (r.rule, r.ref_batch, r.warmup_steps, r.decay) == ("none", 128, 0, "constant")
+    cfg = ScalingConfig(
+        rule="sqrt", ref_batch=64, warmup_steps=3, decay="cosine", g=PlayerScaling(ref_batch=32)
+    )
+    r = resolve(cfg, "g")
+    assert (r.rule, r.ref_batch, r.warmup_steps, r.decay) == ("sqrt", 32, 3, "cosine")
+    assert resolve(cfg, "d").ref_batch == 64
 
 
-def test_scaling_optimizer_override():
-    opt = build_optimizers(OPTIM, ScalingConfig(optimizer="lamb"), 128, {"g": 10, "d": 10})
-    assert opt.optimizer == "lamb"
+def test_optim_name_picks_the_optimizer_and_its_own_defaults():
+    opt = build_optimizers(OptimConfig(name="lamb"), ScalingConfig(), 128, {"g": 10, "d": 10})
+    assert opt.optimizer == "lamb" and opt.hyperparameters == {**vars(LambConfig())}
+    assert opt.describe()["hyperparameters"]["eps"] == 1e-6
+    # optim.name=adam alone: Adam's b1/eps, not RMSprop's eps 1e-7
+    assert hyperparameters(OptimConfig(name="adam")) == {"b1": 0.5, "b2": 0.999, "eps": 1e-8}
+    assert hyperparameters(OptimConfig()) == {"rho": 0.9, "eps": 1e-7}
+    for name in OPTIMIZERS:  # every optimizer builds from its own section
+        w = jnp.ones(3)
+        player_optimizer(OptimConfig(name=name), 1e-3).init(w)
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer("sgd", 0.1)
+    with pytest.raises(ValueError, match=r"optim\.rmsprop: unknown hyperparameters \['b1'\]"):
+        make_optimizer("rmsprop", 0.1, b1=0.9)
+
+
+def test_player_optimizer_uses_only_the_chosen_section():
+    # an Adam section with its own eps, RMSprop chosen: the RMSprop section's Keras eps is used
+    optim = OptimConfig(rmsprop=RMSpropConfig(rho=0.5, eps=1e-3), adam=AdamConfig(eps=1.0))
+    tx = player_optimizer(optim, 0.1)
+    w, g = jnp.array([1.0, -2.0]), jnp.array([0.5, -0.1])
+    u, _ = jax.jit(tx.update)(g, tx.init(w), w)
+    v = 0.5 * np.asarray(g) ** 2
+    np.testing.assert_allclose(u, -0.1 * np.asarray(g) / (np.sqrt(v) + 1e-3), rtol=1e-6)

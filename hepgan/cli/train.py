@@ -2,11 +2,13 @@
 
 Everything after the program name is Hydra's: overrides (``train.batch_size=64``), group choices
 (``model=fixed25_paper``, ``experiment=paper_fixed25``), ``-m`` for sweeps, ``--cfg job`` to print the
-config. The run directory is ``out`` (default: derived from the scheduler's job id, so that a requeued
-job resumes its own run, else ``runs/<date>_<time>``; see :mod:`hepgan.train.rundir`; under ``-m`` one
-subdirectory per job). ``result.json`` there holds ``status`` (``ok``, ``preempted``, ``nonfinite``,
-``error``), ``objective`` (the final ``physics_score``, lower is better), ``metrics`` and ``paths``, for
-sweeps to collect.
+config, ``--help`` for the groups and examples, ``-sc install=bash`` for tab completion. The groups come
+from the packaged ``hepgan/conf`` and the user and site layers ``./conf`` and ``$HEPGAN_CONF``
+(docs/configuration.md). The run directory is ``out`` (default: derived from the scheduler's job id, so
+that a requeued job resumes its own run, else ``runs/<date>_<time>``; see :mod:`hepgan.train.rundir`;
+under ``-m`` one subdirectory per job). ``result.json`` there holds ``status`` (``ok``, ``preempted``,
+``nonfinite``, ``error``), ``objective`` (the final ``physics_score``, lower is better), ``metrics`` and
+``paths``, for sweeps to collect.
 
 Exit codes: 0 done (also: the run had finished already), 1 bad input or an unwritable/full disk,
 3 training diverged, 75 stopped by SIGTERM/SIGUSR1/SIGINT after checkpointing (``EX_TEMPFAIL``: run the
@@ -168,12 +170,23 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point: check override keys against the schema, then hand over to Hydra."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    """Console entry point: check the config layers, the overrides and the run directory, then hand over
+    to Hydra.
+
+    The command line is read with Hydra's own parser, so Hydra's flags keep their meaning: the arguments of
+    ``-sc`` (``install=bash``, ``query=bash``) are not overrides, and ``--help``, ``--info``, ``--cfg`` and
+    ``-sc`` create no run directory. Logging is left to Hydra, which sets it up for every run, sweep job
+    and ``--info`` itself (a handler installed here as well printed every ``--info`` line twice).
+    """
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(sys.argv[1:])
+    overrides = [] if args.shell_completion else list(args.overrides)
+    runs = not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
     try:
-        _check_out(args)
-        check_overrides(args)
+        if runs:
+            _check_out(overrides)
+        check_overrides(overrides, [args.config_dir] if args.config_dir else None)
     except ValueError as exc:
         print(f"hepgan-train: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -59,7 +59,7 @@ def compile_step(cfg: Any) -> dict[str, Any]:
     one step in a temporary directory with the config's model, batch, mesh and optimizer, on just enough
     simulated events for that step, no report or TensorBoard. With a persistent compilation cache
     configured (:func:`hepgan.sweep.cache.configure_compile_cache`) every program lands there. The number
-    of training steps is part of a cosine learning-rate schedule (``optim.decay=cosine``), so for such
+    of training steps is part of a cosine learning-rate schedule (``scaling.decay=cosine``), so for such
     configs a warmed program is not the one of the full run; constant schedules (the default) match.
 
     Returns ``{"wall_s": seconds for the whole call, "first_step_s": seconds of the first training

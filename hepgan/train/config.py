@@ -1,11 +1,17 @@
 """Structured-config schemas of a training run, registered in Hydra's ConfigStore.
 
 The top-level :class:`Config` composes the rooms' own schemas: ``model`` is
-:class:`hepgan.models.ModelConfig`, ``data`` is :class:`hepgan.data.source.DataConfig`; ``optim``,
-``train`` and ``logging`` are defined here; ``parallel`` is :class:`hepgan.parallel.ParallelConfig` and
-``scaling`` :class:`hepgan.train.scaling.ScalingConfig`. The YAML groups under ``hepgan/conf/`` fill
-these schemas, so a misspelt key fails when the config is composed, not hours into a job; so does a value
-that is not one of its key's choices (:data:`CHOICES`) or outside its range (:data:`RANGES`).
+:class:`hepgan.models.ModelConfig`, ``data`` is :class:`hepgan.data.config.DataConfig`; ``train`` and
+``logging`` are defined here; ``parallel`` is :class:`hepgan.parallel.ParallelConfig`; ``optim`` (the
+optimizer) and ``scaling`` (how its learning rates follow the batch and time) are
+:class:`hepgan.train.scaling.OptimConfig` and :class:`hepgan.train.scaling.ScalingConfig`.
+
+The schemas hold every default, and ``hepgan-train`` without arguments is the demo, so their defaults are
+the demo's values. The YAML groups under ``hepgan/conf/`` hold only what differs from the schema, each
+difference with its reason (``tests/test_train_config.py`` fails on a YAML value that restates a
+default). Composition checks the keys against the schemas, so a misspelt key fails when the config is
+composed, not hours into a job; so does a value that is not one of its key's choices (:data:`CHOICES`)
+or outside its range (:data:`RANGES`).
 """
 
 from __future__ import annotations
@@ -20,55 +26,40 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from hepgan.data import formats, geometry, source
-from hepgan.data.source import DataConfig
+from hepgan.data import config as data_config
+from hepgan.data import formats, geometry
+from hepgan.data.config import DataConfig
 from hepgan.models import ModelConfig, conv
 from hepgan.models import config as model_config
 from hepgan.parallel import config as parallel_config
 from hepgan.parallel.config import ParallelConfig
 from hepgan.physics import metrics as physics_metrics
-from hepgan.train import losses, scaling, schedules, step
+from hepgan.train import losses, scaling, step
 from hepgan.train import state as train_state
 from hepgan.train.rundir import register as _register_run_name
-from hepgan.train.scaling import ScalingConfig
-
-
-@dataclass
-class OptimConfig:
-    """Optimizers of both players (schema of group ``optim``).
-
-    name: "rmsprop" (the papers) or "adam". lr_g, lr_d: base learning rates, tuned at ``ref_batch``.
-    rho, eps: RMSprop decay and epsilon, Keras values (eps outside the square root; see
-    :mod:`hepgan.train.schedules`). b1, b2: Adam moments (eps is shared). scaling: how the learning rates
-    follow the global batch: "none", "linear" or "sqrt" relative to ``ref_batch``. warmup_steps: linear
-    warm-up of every optimizer update count. decay: "constant" or "cosine". clip_norm: global gradient-norm
-    clip (None: off).
-    """
-
-    name: str = "rmsprop"
-    lr_g: float = 1e-3
-    lr_d: float = 1e-3
-    rho: float = 0.9
-    eps: float = 1e-7
-    b1: float = 0.9
-    b2: float = 0.999
-    scaling: str = "none"
-    ref_batch: int = 128
-    warmup_steps: int = 0
-    decay: str = "constant"
-    clip_norm: float | None = None
+from hepgan.train.scaling import OptimConfig, ScalingConfig
 
 
 @dataclass
 class TrainConfig:
-    """The training loop (schema of group ``train``).
+    """The training loop (schema of group ``train``): the paper's update (D on a real batch, D on a fake
+    batch, G twice; 5 % label flips; the paper's loss weights) with the demo's batch, length and auxiliary
+    loss scale. The paper experiments (``experiment=paper_fixed25``, ``paper_angle51``) set their own.
 
     seed: run seed (model init, noise, label flips, dropout, data order). batch_size: global batch (all
-    devices). epochs: passes over the training set; max_steps: stop earlier (None: epochs decide).
+    devices); the demo's 16: 768 updates in 3 epochs of 4096 showers, about 9 min on 2 cores, and at equal
+    CPU time batch 16 learned more than batch 32 (docs/training.md); the papers use 128 (fixed25) and 64
+    (angle51). epochs: passes over the training set (the demo's 3); max_steps: stop earlier (None: epochs
+    decide).
     schedule: "paper" | "n_critic" | "simultaneous" (see :mod:`hepgan.train.step`); n_critic, g_steps:
     discriminator / generator updates per step. label_flip: probability of flipping a discriminator label.
     loss_weights: None = the paper's weights for the model's arch, with the auxiliary terms (energy,
-    ECAL sum, angle: all but the real/fake BCE) multiplied by ``aux_loss_scale`` (1 = the paper).
+    ECAL sum, angle: all but the real/fake BCE) multiplied by ``aux_loss_scale`` (1 = the paper). The
+    demo's 0.2 gives fixed25 the weights [2, 0.02, 0.02] (the auxiliary terms are MAPEs in percent): at
+    the paper's [2, 0.1, 0.1] they outweigh the real/fake term early on, the discriminator wins and in
+    192-384 updates the generator learns the energy sum but no shape (stripes, physics_score 0.97-1.06);
+    at x0.2 the same model shows a shower core and the longitudinal profile after 384 updates (0.42;
+    experiments/demo/README.md has the runs). The paper experiments set 1.0.
     adv_loss: the real/fake loss, "bce" (the paper), "hinge" or "lsgan"
     (:data:`hepgan.train.losses.ADV_LOSSES`). d_batch: "separate" (the paper) or "joint" real + fake
     batches through the discriminator's BatchNorm (:data:`hepgan.train.step.D_BATCH`; needs schedule
@@ -76,7 +67,7 @@ class TrainConfig:
     (validation, evaluation, hepgan-generate): "running" (Keras ``predict``) or "recomputed" for the EMA
     weights from one batch of their own outputs (:func:`hepgan.train.state.recompute_bn_stats`).
     fake_energy_range: fixed25 only, energies of fakes drawn from U(lo, hi) in E/100 units as the Keras
-    loop (None: reuse the real batch's).
+    loop: U(0.1, 5) x 100 GeV = the data's 10-500 GeV (None: reuse the real batch's).
     fake_bn: generator BatchNorm mode for the discriminator's fakes, "running" (Keras ``predict``) or
     "batch". ema_decay: generator weight EMA used for sampling and validation (0: off).
     val_every_epochs: validate every N epochs (and at step 0 and the end; 0: only those two).
@@ -91,15 +82,15 @@ class TrainConfig:
     """
 
     seed: int = 0
-    batch_size: int = 128
-    epochs: int = 30
+    batch_size: int = 16  # the demo's (the papers: 128, 64)
+    epochs: int = 3  # the demo's (the papers: 30, 60)
     max_steps: int | None = None
     schedule: str = "paper"
     n_critic: int = 5
     g_steps: int = 2
     label_flip: float = 0.05
     loss_weights: list[float] | None = None
-    aux_loss_scale: float = 1.0
+    aux_loss_scale: float = 0.2  # the demo's (the papers: 1.0)
     adv_loss: str = "bce"
     d_batch: str = "separate"
     sample_bn: str = "running"
@@ -125,7 +116,8 @@ class TrainConfig:
 class LoggingConfig:
     """What a run writes while it trains (schema of group ``logging``).
 
-    every_steps: training metrics to CSV/TensorBoard and the non-finite check every N steps.
+    every_steps: training metrics to CSV/TensorBoard and the non-finite check every N steps; 10 keeps
+    host synchronisations rare.
     tensorboard, csv: enable the writers. progress: rich progress bar on stderr.
     """
 
@@ -157,13 +149,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.size": model_config.SIZES,
     "model.conv_impl": conv.CONV_IMPLS,
     "model.conditioning": model_config.CONDITIONINGS,
-    "data.kind": source.KINDS,
+    "data.kind": data_config.KINDS,
     "data.geometry": tuple(geometry.PRESETS),
     "data.file_geometry": tuple(geometry.PRESETS),
     "data.file_format": formats.FORMATS,
-    "optim.name": schedules.OPTIMIZERS,
-    "optim.scaling": scaling.RULES,
-    "optim.decay": scaling.DECAYS,
+    "optim.name": scaling.OPTIMIZERS,
     "train.schedule": step.SCHEDULES,
     "train.fake_bn": step.FAKE_BN,
     "train.d_batch": step.D_BATCH,
@@ -177,7 +167,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "parallel.launcher": parallel_config.LAUNCHERS,
     "scaling.rule": scaling.RULES,
     "scaling.decay": scaling.DECAYS,
-    "scaling.optimizer": scaling.OPTIMIZERS,
     "scaling.g.rule": scaling.RULES,
     "scaling.d.rule": scaling.RULES,
 }
@@ -224,12 +213,18 @@ RANGES: dict[str, Range] = {
     "data.cell_threshold": _NONNEG,  # GeV; null = the file format's default
     "optim.lr_g": _POSITIVE,
     "optim.lr_d": _POSITIVE,
-    "optim.rho": _DECAY,
-    "optim.eps": _POSITIVE,  # RMSprop divides by sqrt(v) + eps, which is 0 for a gradient of 0
-    "optim.b1": _DECAY,
-    "optim.b2": _DECAY,
-    "optim.ref_batch": _COUNT,
-    "optim.warmup_steps": _NONNEG,
+    "optim.rmsprop.rho": _DECAY,
+    "optim.rmsprop.eps": _POSITIVE,  # RMSprop divides by sqrt(v) + eps, which is 0 for a gradient of 0
+    "optim.adam.b1": _DECAY,
+    "optim.adam.b2": _DECAY,
+    "optim.adam.eps": _POSITIVE,
+    "optim.lars.momentum": _DECAY,
+    "optim.lars.trust_coefficient": _POSITIVE,
+    "optim.lars.weight_decay": _NONNEG,
+    "optim.lamb.b1": _DECAY,
+    "optim.lamb.b2": _DECAY,
+    "optim.lamb.eps": _POSITIVE,
+    "optim.lamb.weight_decay": _NONNEG,
     "train.batch_size": _COUNT,
     "train.epochs": _NONNEG,
     "train.max_steps": _NONNEG,
@@ -253,9 +248,6 @@ RANGES: dict[str, Range] = {
     "parallel.gns_ema": _DECAY,
     "scaling.ref_batch": _COUNT,
     "scaling.warmup_steps": _NONNEG,
-    "scaling.weight_decay": _NONNEG,
-    "scaling.trust_coefficient": _POSITIVE,
-    "scaling.momentum": _DECAY,
     "scaling.g.ref_batch": _COUNT,
     "scaling.g.warmup_steps": _NONNEG,
     "scaling.g.lr_multiplier": _POSITIVE,
@@ -352,24 +344,48 @@ def check_key(key: str) -> None:
             )
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Check command-line overrides against the schema (groups and ``hydra.*`` pass): the keys, and the
-    values of keys with choices or a range (every value of a sweep), before Hydra's slower composition.
+def check_overrides(overrides: list[str], config_dirs: list[str] | None = None) -> None:
+    """Check command-line overrides before Hydra's slower composition: a group choice against the group's
+    options on hepgan's config search path (the packaged configs, the ``./conf`` and ``$HEPGAN_CONF``
+    layers of docs/configuration.md, ``hydra.searchpath`` and ``config_dirs``, Hydra's ``--config-dir``),
+    any other key against the schema (``hydra.*`` keys pass), and the values of keys with choices or a
+    range; every value of a sweep. Building the search path also checks the layers.
 
-    Raises ``ValueError`` naming the unknown key and listing the valid keys of its group, or naming the
-    key whose value is not one of its choices (listed) or outside its range.
+    Raises ``ValueError`` naming the unknown key and listing the valid keys of its group, naming the key
+    whose value is not one of its choices (listed) or outside its range, naming the group whose option
+    does not exist (its options listed), or naming a layer file that would shadow another (both files).
     """
+    import os
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    overrides = [o for o in overrides if not o.startswith("-")]
+    search = create_config_search_path("pkg://hepgan.conf")  # as hepgan-train's; raises for a bad layer
+    for d in config_dirs or []:
+        search.prepend("command-line", f"file://{os.path.abspath(d)}", SearchPathQuery(provider="schema"))
+    loader = ConfigLoaderImpl(config_search_path=search)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)  # loader: glob()
     for o in parsed:
         key = o.key_or_group
-        if key.startswith("hydra") or o.is_add() or o.is_delete():
+        if o.is_delete():
             continue
-        if key in ("experiment", "debug") or (key in GROUPS and "." not in key):
-            continue  # a group choice; Hydra lists the available options itself
-        check_key(key)
         values = list(o.sweep_iterator()) if o.is_sweep_override() and o.is_discrete_sweep() else [o.value()]
+        options = [] if "." in key or key == "hydra" else loader.get_group_options(key, overrides=overrides)
+        if options:  # a config group: each chosen option must exist in some layer
+            chosen = [v for value in values for v in (value if isinstance(value, list) else [value])]
+            bad = [v for v in chosen if isinstance(v, str) and "/" not in v and v not in options]
+            if bad:
+                raise ValueError(
+                    f"invalid config choice: {key}: {bad[0]!r} is not a valid choice; valid choices: "
+                    f"{', '.join(options)}"
+                )
+            continue
+        if key.startswith("hydra") or o.is_add():
+            continue
+        check_key(key)
         for value in values:
             if (problem := value_problem(key, value)) is not None:
                 raise ValueError(f"invalid config value: {problem}")
@@ -378,8 +394,11 @@ def check_overrides(overrides: list[str]) -> None:
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """Compose the packaged config with ``overrides`` (as on the command line), outside ``hepgan-train``.
 
-    Unknown keys and invalid values (also those from YAML or experiment files) raise ``ValueError``
-    listing the valid keys resp. choices.
+    The config search path is ``hepgan-train``'s: the packaged groups, then the user and site layers
+    ``./conf`` and ``$HEPGAN_CONF`` (docs/configuration.md), whose options (``experiment=my_study``,
+    ``+site=mycluster``) can be chosen here as on the command line. Unknown keys, invalid values (also
+    those from YAML or experiment files) and unknown group options raise ``ValueError`` listing the valid
+    keys resp. choices; so does a layer file that would shadow a packaged one (naming both files).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -410,6 +429,36 @@ def to_config(cfg: Config | DictConfig | dict[str, Any]) -> Config:
             check_key(key)  # raises the message that lists the valid keys
         raise ValueError(f"config key {key!r}: {str(exc).splitlines()[0]}") from None
     return validate(conf)
+
+
+def upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict written by an earlier hepgan (a run's ``manifest.json``) in today's layout, so that
+    its run restores. Earlier layouts kept the learning-rate scaling in ``optim`` (``optim.scaling``,
+    ``ref_batch``, ``warmup_steps``, ``decay``, taken where ``scaling`` left them null), the RMSprop and
+    Adam settings flat in ``optim`` (``rho``, ``eps``, ``b1``, ``b2``), and the large-batch optimizer in
+    ``scaling`` (``scaling.optimizer``, ``weight_decay``, ``trust_coefficient``, ``momentum``). A config
+    in today's layout is returned unchanged; ``config`` itself is never modified."""
+    optim, scaling = dict(config.get("optim") or {}), dict(config.get("scaling") or {})
+    from_optim = {"scaling": "rule", **{k: k for k in ("ref_batch", "warmup_steps", "decay")}}
+    from_scaling = {"optimizer", "trust_coefficient", "momentum", "weight_decay"}
+    if not ({*from_optim, "rho", "eps", "b1", "b2"} & set(optim) or from_scaling & set(scaling)):
+        return config
+    for old, new in from_optim.items():
+        value = optim.pop(old, None)
+        if scaling.get(new) is None and value is not None:
+            scaling[new] = value
+    flat = {k: optim.pop(k) for k in ("rho", "eps", "b1", "b2") if k in optim}
+    if "rho" in flat or (optim.get("name", "rmsprop") == "rmsprop" and "eps" in flat):
+        optim["rmsprop"] = {k: flat[k] for k in ("rho", "eps") if k in flat}
+    if optim.get("name") == "adam":
+        optim["adam"] = {k: flat[k] for k in ("b1", "b2", "eps") if k in flat}
+    large = scaling.pop("optimizer", None)
+    knobs = {k: scaling.pop(k) for k in ("weight_decay", "trust_coefficient", "momentum") if k in scaling}
+    if large in ("lars", "lamb"):
+        optim["name"] = large
+        keep = ("weight_decay", "trust_coefficient", "momentum") if large == "lars" else ("weight_decay",)
+        optim[large] = {k: knobs[k] for k in keep if k in knobs}
+    return {**config, "optim": optim, "scaling": scaling}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hepgan.data.source import REFERENCE_START, open_source
 from hepgan.data.types import Showers
 from hepgan.physics.metrics import evaluate
 from hepgan.train.checkpoint import restore_run
-from hepgan.train.state import recompute_bn_stats
+from hepgan.train.state import generate
 
 OFFSET = 7777  # fresh events: past the validation events, away from evaluate_checkpoint's seeds
 
@@ -44,16 +42,8 @@ def main() -> None:
     print("weights  BN stats     sf gen/sim  physics_score  sep/sf  sep_rms")
     for ema in (True, False):
         for stats in ("running", "recomputed"):
-            bs = jax.tree.map(jnp.copy, state.g_batch_stats)
-            g = players.generator(state.replace(g_batch_stats=bs), ema=ema)
-            if stats == "recomputed":
-                recompute_bn_stats(g, ref.energy, theta, seed=0)
-            out = []
-            for i in range(0, n, 128):
-                e = jnp.asarray(ref.energy[i : i + 128], jnp.float32)
-                th = jnp.asarray(theta[i : i + 128], jnp.float32)
-                out.append(np.asarray(g(g.latent(jax.random.fold_in(jax.random.key(1), i), e, th))))
-            ecal = np.asarray(pre.invert_cells(np.concatenate(out)), np.float32)
+            x = generate(players, state, ref.energy, theta, batch=128, seed=1, bn_stats=stats, ema=ema)
+            ecal = np.asarray(pre.invert_cells(x), np.float32)
             gen = Showers(ecal=ecal, energy=ref.energy, theta=ref.theta)
             m = evaluate(gen, ref, metrics=["fast"], seed=0)
             sf = np.mean(ecal.sum(axis=(1, 2, 3)) / ref.energy) / ref_sf
