@@ -26,10 +26,13 @@ from hepgan.train.step import StepConfig, make_step
 
 STEPS, B = 4, 16
 # Four full updates (each two discriminator and two generator optimizer steps) at SGD lr 1e-4, where the
-# parameters and BatchNorm statistics move by up to 0.08: the backends agree to rounding (measured: at
-# most 3e-6 absolute, 0.1 % of a leaf's own change). Local BatchNorm against global BatchNorm differs by
-# 4e-3, several times a leaf's change: the control below shows the tolerance tells them apart.
-RTOL, ATOL = 1e-4, 1e-5
+# parameters and BatchNorm statistics move by up to 0.08. The backends agree to rounding after one update
+# (1e-7 relative in the loss); over four, a kink of the losses or activations (MAPE, ReLU, a label flip
+# threshold) that rounding puts on one side or the other amplifies it, by how much depends on the random
+# draws: measured over run seeds 3-6, at most 4.5e-5 absolute in a leaf and 1.2e-5 relative in a loss.
+# Local BatchNorm against global BatchNorm differs by 4e-3, 40x the tolerance: the control below shows
+# the tolerance tells them apart.
+RTOL, ATOL = 1e-4, 1e-4
 STEP_CFG = StepConfig(arch="fixed25", ema_decay=0.9)
 
 
@@ -63,7 +66,7 @@ def _train(par, *, sync_bn: bool = False) -> tuple[list[np.ndarray], list[float]
             placed = shard_batch(batch, par.mesh)
         state, m = step(state, placed)
         losses.append(float(np.asarray(m["d_loss"].addressable_data(0))))
-    leaves = jax.tree.leaves((state.g_params, state.d_params, state.g_batch_stats, state.d_batch_stats))
+    leaves = jax.tree.leaves((state.g.params, state.d.params, state.g.batch_stats, state.d.batch_stats))
     return [np.asarray(x.addressable_data(0)) for x in leaves], losses
 
 
@@ -76,7 +79,7 @@ def test_real_step_xla_8_devices_equals_1_device_over_several_updates():
     one, l1 = _train(setup(ParallelConfig(backend="xla", devices=1, launcher="none")))
     eight, l8 = _train(setup(ParallelConfig(backend="xla", devices=8, launcher="none")))
     _close(one, eight, RTOL, ATOL)
-    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    np.testing.assert_allclose(l1, l8, rtol=1e-4)
     # control: shard_map's per-device BatchNorm (and per-device noise) is a different training, which
     # the tolerance must not pass as equal
     local_bn, _ = _train(setup(ParallelConfig(backend="shard_map", devices=2, launcher="none")))

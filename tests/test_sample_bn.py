@@ -18,13 +18,15 @@ def tiny():
     g, d = build(ModelConfig(arch="fixed25", size="tiny"), nnx.Rngs(0))
     state, players = init_state(g, d, optax.sgd(1.0), optax.sgd(1.0), seed=0)
     # running statistics far from anything the generator produces, as after fast-moving weights
-    state = state.replace(g_batch_stats=jax.tree.map(lambda x: x + 3.0, state.g_batch_stats))
+    state = state.replace(g=state.g.replace(batch_stats=jax.tree.map(lambda x: x + 3.0, state.g.batch_stats)))
     return state, players
 
 
 def test_recomputed_statistics_are_those_of_a_batch_of_own_outputs(tiny) -> None:
     state, players = tiny
-    g = players.generator(state.replace(g_batch_stats=jax.tree.map(jnp.copy, state.g_batch_stats)))
+    g = players.generator(
+        state.replace(g=state.g.replace(batch_stats=jax.tree.map(jnp.copy, state.g.batch_stats)))
+    )
     energy = np.asarray([20.0, 150.0, 400.0], np.float32)
     recompute_bn_stats(g, energy, np.full(3, np.pi / 2, np.float32), seed=5, n=64)
     # the same 64 latent vectors in train mode (batch statistics) and in eval mode (the recomputed
@@ -41,12 +43,12 @@ def test_recomputed_statistics_are_those_of_a_batch_of_own_outputs(tiny) -> None
 
 def test_generate_recomputed_leaves_the_state_alone_and_differs_from_running(tiny) -> None:
     state, players = tiny
-    before = jax.tree.map(np.asarray, state.g_batch_stats)
+    before = jax.tree.map(np.asarray, state.g.batch_stats)
     e, th = np.linspace(10, 500, 40).astype(np.float32), np.full(40, np.pi / 2, np.float32)
     rec = generate(players, state, e, th, batch=16, seed=1, bn_stats="recomputed")
     again = generate(players, state, e, th, batch=16, seed=1, bn_stats="recomputed")
     run = generate(players, state, e, th, batch=16, seed=1)
-    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.g_batch_stats))
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.g.batch_stats))
     np.testing.assert_array_equal(rec, again)  # deterministic
     assert rec.shape == run.shape == (40, 25, 25, 25) and not np.allclose(rec, run)
     with pytest.raises(ValueError, match="sample_bn"):

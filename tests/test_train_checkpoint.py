@@ -186,7 +186,7 @@ def test_nonfinite_stops_with_step_range_or_rolls_back(tmp_path, monkeypatch):
     assert result["status"] == "ok" and result["step"] == 6
     _, state, _, _ = restore_run(tmp_path / "rollback")
     assert float(state.lr_scale) == 0.5
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.g_params))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.g.params))
 
 
 def test_restore_a_chosen_step(runs, tmp_path):
@@ -211,3 +211,27 @@ def test_restore_a_chosen_step(runs, tmp_path):
             f.write_bytes(b"\0" * f.stat().st_size)
     with pytest.raises(ValueError, match=rf"checkpoints/{saved[-1]} is damaged"):
         restore_run(run, step=saved[-1])
+
+
+def test_checkpoints_of_the_flat_state_layout_restore(runs, tmp_path, monkeypatch):
+    """A checkpoint written with the players' fields flat (``g_params``, ``lr_d``, ...: the layout before
+    the per-player state) restores to the same arrays, and its fingerprint is still checked."""
+    import hepgan.train.checkpoint as ck
+
+    root = runs[0]
+    _, state, _, _ = restore_run(root / "full")
+    nested = ck.state_to_tree
+    monkeypatch.setattr(ck, "state_to_tree", lambda s: ck._to_legacy(nested(s)))
+    old = Checkpointer(tmp_path, async_save=False)
+    old.save(6, state, {"model": "fixed25/tiny"})
+    old.close()
+    flat = json.loads((tmp_path / "checkpoints" / "6" / "state" / "_METADATA").read_text())
+    assert "g_params" in json.dumps(flat) and '"lr_d"' in json.dumps(flat)
+    monkeypatch.setattr(ck, "state_to_tree", nested)
+    back, _ = Checkpointer(tmp_path).restore(state)
+    assert same(
+        [np.asarray(x) for x in jax.tree.leaves(back)], [np.asarray(x) for x in jax.tree.leaves(state)]
+    )
+    # a damaged flat checkpoint is still recognised as damaged
+    (tmp_path / "checkpoints" / "6" / "extra" / "metadata").write_text(json.dumps({"fingerprint": "0" * 64}))
+    assert Checkpointer(tmp_path).restore(state) is None

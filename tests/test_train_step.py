@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from hepgan.parallel import Reducer
-from hepgan.train.config import OptimConfig
-from hepgan.train.schedules import make_optimizer, scaled_lr
+from hepgan.train.scaling import OptimConfig, RMSpropConfig, player_optimizer
 from hepgan.train.state import init_state
 from hepgan.train.step import StepConfig, ecal_sum, make_step
 
@@ -51,7 +50,7 @@ class ToyDiscriminator(nnx.Module):
 
 def setup(ema_decay=0.999, lr=1e-3, **kw):
     rngs = nnx.Rngs(0)
-    tx = make_optimizer(OptimConfig(), lr, 100)
+    tx = player_optimizer(OptimConfig(), optax.constant_schedule(lr))  # a schedule: counts its updates
     state, players = init_state(ToyGenerator(rngs), ToyDiscriminator(rngs), tx, tx, seed=3)
     step = jax.jit(make_step(players, StepConfig(arch="fixed25", ema_decay=ema_decay, **kw)))
     rng = np.random.default_rng(0)
@@ -88,7 +87,7 @@ def test_step_is_pure_and_keyed_by_step(default):
     assert float(m1["finite"]) == 1.0
     # the same state at another step number draws other noise, flips and dropout
     s3, _ = step(state.replace(step=jnp.asarray(5, jnp.int32)), batch)
-    assert not np.array_equal(leaves(s1.g_params)[0], leaves(s3.g_params)[0])
+    assert not np.array_equal(leaves(s1.g.params)[0], leaves(s3.g.params)[0])
 
 
 @pytest.mark.parametrize(
@@ -100,10 +99,10 @@ def test_schedule_update_counts(default, schedule, d_updates, g_updates):
     )
     new, metrics = step(state, batch)
     if schedule != "paper":  # EMA off: the sampling weights are the trained ones
-        for a, b in zip(leaves(new.ema_g_params), leaves(new.g_params), strict=True):
+        for a, b in zip(leaves(new.ema_g_params), leaves(new.g.params), strict=True):
             np.testing.assert_array_equal(a, b)
-    assert counts(new.d_opt_state) == [d_updates]
-    assert counts(new.g_opt_state) == [g_updates]
+    assert counts(new.d.opt_state) == [d_updates]
+    assert counts(new.g.opt_state) == [g_updates]
     for k in (
         "d_loss",
         "g_loss",
@@ -122,11 +121,11 @@ def test_health_norms_are_global_norms(default):
     new, m = step(state, batch)
     np.testing.assert_allclose(
         float(m["g_param_norm"]),
-        np.sqrt(sum((x.astype(np.float64) ** 2).sum() for x in leaves(new.g_params))),
+        np.sqrt(sum((x.astype(np.float64) ** 2).sum() for x in leaves(new.g.params))),
         rtol=1e-5,
     )
     diff = [
-        a.astype(np.float64) - b for a, b in zip(leaves(new.d_params), leaves(state.d_params), strict=True)
+        a.astype(np.float64) - b for a, b in zip(leaves(new.d.params), leaves(state.d.params), strict=True)
     ]
     np.testing.assert_allclose(float(m["d_update_norm"]), np.sqrt(sum((d**2).sum() for d in diff)), rtol=1e-4)
 
@@ -135,7 +134,7 @@ def test_ema_lags_with_warmup(default):
     state, step, batch = default
     new, _ = step(state, batch)
     # first update: warm-up decay (1 + 0) / (10 + 0) = 0.1 of the old weights
-    for e, old, p in zip(leaves(new.ema_g_params), leaves(state.g_params), leaves(new.g_params), strict=True):
+    for e, old, p in zip(leaves(new.ema_g_params), leaves(state.g.params), leaves(new.g.params), strict=True):
         np.testing.assert_allclose(e, 0.1 * old + 0.9 * p, rtol=1e-5, atol=1e-7)
 
 
@@ -143,8 +142,8 @@ def test_lr_scale_zero_freezes_weights(default):
     state, step, batch = default
     new, _ = step(state.replace(lr_scale=jnp.zeros((), jnp.float32)), batch)
     for a, b in zip(
-        leaves(new.g_params) + leaves(new.d_params),
-        leaves(state.g_params) + leaves(state.d_params),
+        leaves(new.g.params) + leaves(new.d.params),
+        leaves(state.g.params) + leaves(state.d.params),
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
@@ -173,7 +172,7 @@ def test_bad_settings_raise():
 
 def test_rmsprop_matches_keras_formula():
     # Keras RMSprop: v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps), eps outside the root
-    tx = make_optimizer(OptimConfig(name="rmsprop", rho=0.9, eps=1e-7), 1e-3, 10)
+    tx = player_optimizer(OptimConfig(name="rmsprop", rmsprop=RMSpropConfig(rho=0.9, eps=1e-7)), 1e-3)
     p = jnp.asarray([1.0, -2.0, 3.0])
     opt = tx.init(p)
     v, p_np = np.zeros(3), np.asarray(p, np.float64)
@@ -185,14 +184,6 @@ def test_rmsprop_matches_keras_formula():
         v = 0.9 * v + 0.1 * g.astype(np.float64) ** 2
         p_np = p_np - 1e-3 * g / (np.sqrt(v) + 1e-7)
     np.testing.assert_allclose(np.asarray(p), p_np, rtol=1e-5)
-
-
-def test_lr_scaling_rules():
-    assert scaled_lr(1e-3, 512, 128, "linear") == pytest.approx(4e-3)
-    assert scaled_lr(1e-3, 512, 128, "sqrt") == pytest.approx(2e-3)
-    assert scaled_lr(1e-3, 512, 128, "none") == pytest.approx(1e-3)
-    with pytest.raises(ValueError, match="scaling"):
-        scaled_lr(1e-3, 512, 128, "cubic")
 
 
 class CountingReducer(Reducer):

@@ -194,53 +194,33 @@ def build_case(arch: str, size: str, impl: str, batch: int) -> dict[str, Any]:
     Returns ``{"state", "players", "step", "batch" ({"ecal": [B, X, Y, Z], "energy": [B] E/100,
     "theta": [B] rad}), "showers" (the batch in GeV), "preprocess"}``.
     """
-    import dataclasses
-
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
-    from hepgan.data.pipeline import Preprocess
-    from hepgan.data.source import open_source
-    from hepgan.models import build
-    from hepgan.train.config import compose, to_config
-    from hepgan.train.scaling import build_optimizers
-    from hepgan.train.state import init_state
-    from hepgan.train.step import StepConfig, make_step
+    from hepgan.train.config import compose
+    from hepgan.train.run import build_run
 
-    conf = to_config(
-        compose(
-            [
-                f"experiment=paper_{arch}",
-                f"model.size={size}",
-                f"model.conv_impl={impl}",
-                f"train.batch_size={batch}",
-                f"data.n_events={batch}",
-                "data.n_reference=1",
-            ]
-        )
+    cfg = compose(
+        [
+            f"experiment=paper_{arch}",
+            f"model.size={size}",
+            f"model.conv_impl={impl}",
+            f"train.batch_size={batch}",
+            f"data.n_events={batch}",
+            "data.n_reference=1",
+        ]
     )
-    tc = conf.train
-    preprocess = Preprocess.from_config(conf.data, conf.model.arch)
-    showers = open_source(conf.data).train.read(np.arange(batch))
-    host = preprocess.apply(showers)
-    model_cfg = dataclasses.replace(conf.model, cell_power=preprocess.cell_power)
-    generator, discriminator = build(model_cfg, nnx.Rngs(tc.seed))
-    # optimizer updates per step in the paper schedule (real and fake discriminator updates, g_steps
-    # generator updates); the run length they are multiplied by only shapes a cosine decay, not used here
-    updates = {"g": tc.g_steps, "d": 2}
-    opt = build_optimizers(
-        conf.optim, conf.scaling, batch, {p: 1000 * n for p, n in updates.items()}, unit_lr=True
-    )
-    state, players = init_state(
-        generator, discriminator, opt.g_tx, opt.d_tx, tc.seed, lr_g=opt.peak_lr["g"], lr_d=opt.peak_lr["d"]
-    )
-    step_cfg = StepConfig.from_train(tc, arch=model_cfg.arch, cell_power=preprocess.cell_power)
+    # assembled as training assembles it; the run length only shapes a cosine decay, not used here
+    run = build_run(cfg, parallel=False, total_steps=1000)
+    assert run.sources is not None
+    showers = run.sources.train.read(np.arange(batch))
+    host = run.preprocess.apply(showers)
+    state, players, preprocess = run.state, run.players, run.preprocess
     return {
         "state": state,
         "players": players,
-        "step": make_step(players, step_cfg),
+        "step": run.update,
         "batch": {k: jnp.asarray(v) for k, v in host.items()},
         "showers": showers,
         "preprocess": preprocess,

@@ -49,17 +49,14 @@ def _flops(lowered: Any) -> float:
 
 
 def _setup(arch: str, impl: str, batch: int) -> tuple[Any, Any, Any, dict[str, jax.Array]]:
-    from hepgan.models import ModelConfig, build
-    from hepgan.train.config import OptimConfig
-    from hepgan.train.schedules import make_optimizer
-    from hepgan.train.state import init_state
-    from hepgan.train.step import StepConfig, make_step
+    """The paper experiment of ``arch`` (``experiment=paper_fixed25`` or ``paper_angle51``) at ``batch``,
+    assembled as training assembles it (:func:`hepgan.train.run.build_run`, one device, no data), and one
+    random batch in network units: ``(state, players, pure update, batch)``."""
+    from hepgan.train.config import compose
+    from hepgan.train.run import build_run
 
-    g, d = build(ModelConfig(arch=arch, size="paper", conv_impl=impl), nnx.Rngs(0))
-    tx = make_optimizer(OptimConfig(), 1.0, 1000)
-    state, players = init_state(g, d, tx, tx, 0, lr_g=1e-3, lr_d=1e-3)
-    cell_power = 1.0 if arch == "fixed25" else 0.85
-    step = make_step(players, StepConfig(arch=arch, cell_power=cell_power, fake_energy_range=None))
+    cfg = compose([f"experiment=paper_{arch}", f"model.conv_impl={impl}", f"train.batch_size={batch}"])
+    run = build_run(cfg, parallel=False, data=False, total_steps=1000)
     grid = (25, 25, 25) if arch == "fixed25" else (51, 51, 25)
     rng = np.random.default_rng(0)
     batch_d = {
@@ -67,7 +64,7 @@ def _setup(arch: str, impl: str, batch: int) -> tuple[Any, Any, Any, dict[str, j
         "energy": jnp.asarray(rng.uniform(0.1, 5.0, batch).astype(np.float32)),
         "theta": jnp.asarray(rng.uniform(1.05, 2.09, batch).astype(np.float32)),
     }
-    return state, players, step, batch_d
+    return run.state, run.players, run.update, batch_d
 
 
 def train_case(arch: str, impl: str, batch: int, model_flops: float | None) -> dict[str, Any]:

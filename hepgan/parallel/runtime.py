@@ -1,11 +1,12 @@
 """One object that carries a run's data-parallel set-up: processes, mesh, reducer, compiled step.
 
 ``setup(cfg)`` is the first call of a trainer (before any JAX computation); everything backend-specific
-after that goes through :class:`Parallel`, so the trainer reads the same for all three backends::
+after that goes through :class:`Parallel`, so the trainer reads the same for all three backends
+(:func:`hepgan.train.run.build_run` makes these calls)::
 
     par = setup(cfg.parallel)
     state = par.place_state(state)
-    step = par.compile(make_step(..., reducer=par.reducer))
+    step = par.compile(update)        # update(state, batch) built with reducer=par.reducer
     pipe = Pipeline(source, global_batch, ..., **par.pipeline_args())
 """
 

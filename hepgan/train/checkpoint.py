@@ -25,7 +25,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hepgan.train.state import GANState
+from hepgan.train.state import GANState, PlayerState
+
+PLAYERS = ("g", "d")
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +35,53 @@ SCORE = "physics_score"
 
 
 def state_to_tree(state: GANState) -> dict[str, Any]:
-    """The checkpointed form of a state: its fields as a dict."""
-    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    """The checkpointed form of a state: its fields as a dict, each player's :class:`PlayerState` as a
+    dict of its fields (``{"step", "rng", "lr_scale", "g": {"params", ...}, "d": {...}, "ema_g_params"}``)."""
+    tree = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    for who in PLAYERS:
+        tree[who] = {f.name: getattr(tree[who], f.name) for f in dataclasses.fields(PlayerState)}
+    return tree
 
 
-def fingerprint(state: GANState) -> str:
-    """SHA-256 over every array of ``state`` (shape, dtype and bytes), in tree order."""
+def tree_to_state(tree: dict[str, Any]) -> GANState:
+    """The inverse of :func:`state_to_tree`."""
+    players = {who: PlayerState(**tree[who]) for who in PLAYERS}
+    return GANState(**{**tree, **players})
+
+
+# Checkpoints written before the per-player state kept the players' fields flat: g_params, g_batch_stats,
+# g_opt_state, lr_g (and d_...). They restore through this map.
+_LEGACY = {"params": "{}_params", "batch_stats": "{}_batch_stats", "opt_state": "{}_opt_state", "lr": "lr_{}"}
+
+
+def _to_legacy(tree: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in tree.items() if k not in PLAYERS}
+    for who in PLAYERS:
+        flat.update({old.format(who): tree[who][new] for new, old in _LEGACY.items()})
+    return flat
+
+
+def _from_legacy(flat: dict[str, Any]) -> dict[str, Any]:
+    tree = {
+        k: v for k, v in flat.items() if not any(k == o.format(w) for o in _LEGACY.values() for w in PLAYERS)
+    }
+    for who in PLAYERS:
+        tree[who] = {new: flat[old.format(who)] for new, old in _LEGACY.items()}
+    return tree
+
+
+def _digest(tree: Any) -> str:
     h = hashlib.sha256()
-    for leaf in jax.tree.leaves(state_to_tree(state)):
+    for leaf in jax.tree.leaves(tree):
         a = np.asarray(jax.device_get(leaf))
         h.update(f"{a.shape}{a.dtype}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def fingerprint(state: GANState) -> str:
+    """SHA-256 over every array of ``state`` (shape, dtype and bytes), in tree order."""
+    return _digest(state_to_tree(state))
 
 
 class Checkpointer:
@@ -183,16 +220,7 @@ class Checkpointer:
                         f"model={saved.replace('/', '_')} settings"
                     )
             try:
-                out = manager.restore(
-                    s,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()
-                    ),
-                )
-                state = GANState(**out["state"])
-                extra = dict(out["extra"])
-                if extra.get("fingerprint") not in (None, fingerprint(state)):
-                    raise ValueError("the restored arrays do not match the fingerprint saved with them")
+                state, extra = self._restore_step(manager, s, abstract)
             except Exception as exc:  # any damage: fall back to the previous checkpoint
                 first = str(exc).splitlines()[0][:200] if str(exc) else ""
                 if step is not None:
@@ -210,6 +238,31 @@ class Checkpointer:
                 continue
             return state, extra
         return None
+
+    @staticmethod
+    def _restore_step(manager: Any, s: int, abstract: dict[str, Any]) -> tuple[GANState, dict[str, Any]]:
+        """Step ``s`` of ``manager`` restored into the shapes of ``abstract`` (a :func:`state_to_tree` of
+        shape-dtype structs) and checked against its fingerprint; the flat layout of older checkpoints
+        is read when the current one is not there."""
+
+        def read(target: dict[str, Any]) -> dict[str, Any]:
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore())
+            return manager.restore(s, args=args)
+
+        try:
+            out = read(abstract)
+            tree = out["state"]
+        except Exception as exc:
+            try:
+                out = read(_to_legacy(abstract))
+            except Exception:
+                raise exc from None
+            tree = _from_legacy(out["state"])
+            out = {**out, "state": _to_legacy(tree)}  # the fingerprint was taken over the flat tree
+        extra = dict(out["extra"])
+        if extra.get("fingerprint") not in (None, _digest(out["state"])):
+            raise ValueError("the restored arrays do not match the fingerprint saved with them")
+        return tree_to_state(tree), extra
 
     def wait(self) -> None:
         """Block until the background saves are on disk."""
@@ -249,20 +302,15 @@ def restore_run(
 ) -> tuple[Any, GANState, Any, Any]:
     """Rebuild a trained run from its directory: ``(players, state, preprocess, config)``.
 
-    Reads ``manifest.json`` for the configuration, builds the models, and restores the newest intact
-    checkpoint (the best by ``physics_score`` with ``best``), or exactly step ``step`` of ``checkpoints/``
-    (of ``best/`` with ``best``). Raises ``FileNotFoundError`` naming what is missing, ``ValueError`` for
-    a damaged ``step``.
+    Reads ``manifest.json`` for the configuration, assembles the run with
+    :func:`hepgan.train.run.build_run` (one device, no data), and restores the newest intact checkpoint
+    (the best by ``physics_score`` with ``best``), or exactly step ``step`` of ``checkpoints/`` (of
+    ``best/`` with ``best``). Raises ``FileNotFoundError`` naming what is missing, ``ValueError`` for a
+    damaged ``step`` or a manifest without a config.
     """
     import json
 
-    from flax import nnx
-
-    from hepgan.data.pipeline import Preprocess
-    from hepgan.models import build
-    from hepgan.train.config import to_config
-    from hepgan.train.scaling import build_optimizers
-    from hepgan.train.state import init_state
+    from hepgan.train.run import build_run
 
     run_dir = Path(run_dir)
     if run_dir.name in ("checkpoints", "best") and not (run_dir / "manifest.json").exists():
@@ -273,22 +321,24 @@ def restore_run(
             f"{manifest_path} not found: give the run directory that hepgan-train wrote (it holds "
             "manifest.json and checkpoints/)"
         )
-    conf = to_config(json.loads(manifest_path.read_text())["config"])
-    preprocess = Preprocess.from_config(conf.data, conf.model.arch)
-    model_cfg = conf.model
-    if model_cfg.cell_power is None:
-        model_cfg = dataclasses.replace(model_cfg, cell_power=preprocess.cell_power)
-    g, d = build(model_cfg, nnx.Rngs(conf.train.seed))
-    # The optimizer states are restored too, so their structure must match the run's: build them the way
-    # fit() does (optimizer choice and scaling rules included); schedule lengths do not change the tree.
-    opt = build_optimizers(conf.optim, conf.scaling, conf.train.batch_size, {"g": 1, "d": 1}, unit_lr=True)
-    template, players = init_state(g, d, opt.g_tx, opt.d_tx, conf.train.seed)
-    ckpt = Checkpointer(run_dir, keep_last=max(conf.train.keep_last, 1), keep_best=True)
+    from hepgan.train.config import upgrade
+
     try:
-        restored = ckpt.restore(template, best=best, step=step, model=model_tag(conf.model))
+        config = upgrade(json.loads(manifest_path.read_text())["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{manifest_path} has no readable training config ({type(exc).__name__}: {exc}); it is not a "
+            "manifest hepgan-train wrote, or it was damaged"
+        ) from None
+    # The optimizer states are restored too, so their structure must match the run's: the run is built
+    # as fit() builds it (optimizer choice and scaling rules included); schedule lengths do not change it.
+    run = build_run(config, parallel=False, data=False)
+    ckpt = Checkpointer(run_dir, keep_last=max(run.conf.train.keep_last, 1), keep_best=True)
+    try:
+        restored = ckpt.restore(run.state, best=best, step=step, model=model_tag(run.conf.model))
     finally:
         ckpt.close()
     if restored is None:
         which = "best" if best else "checkpoints"
         raise FileNotFoundError(f"no intact checkpoint under {run_dir / which}")
-    return players, restored[0], preprocess, conf
+    return run.players, restored[0], run.preprocess, run.conf

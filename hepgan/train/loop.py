@@ -25,15 +25,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from omegaconf import DictConfig
 
 from hepgan.data.types import Showers
 from hepgan.fileio import write_json, write_text
-from hepgan.train.checkpoint import Checkpointer, model_tag
+from hepgan.train.checkpoint import model_tag
 from hepgan.train.config import Config, to_config, to_dict
-from hepgan.train.state import GANState, generate, init_state, param_count
-from hepgan.train.step import StepConfig, make_step
+from hepgan.train.state import GANState, param_count
 
 log = logging.getLogger("hepgan.train")
 
@@ -288,14 +286,10 @@ def fit(
     another model or data config.
     """
     # ---- setup ---------------------------------------------------------------------------------------
-    from hepgan.data.pipeline import Pipeline, Preprocess
-    from hepgan.data.source import open_source
-    from hepgan.models import build
     from hepgan.parallel import GNSTracker
-    from hepgan.parallel import setup as parallel_setup
     from hepgan.physics.metrics import evaluate
     from hepgan.provenance import build_manifest, write_manifest
-    from hepgan.train.scaling import build_optimizers
+    from hepgan.train.run import build_run
 
     start_time = datetime.now(UTC)
     conf = to_config(cfg)
@@ -307,89 +301,34 @@ def fit(
         raise OSError(exc.errno, f"cannot create the run directory (out={conf.out}): {exc.strerror}") from exc
     _check_same_run(run_dir, to_dict(conf))
 
-    # ---- mesh: processes, the ("data",) mesh and the gradient-reduction backend (docs/parallel.md) -----
-    par = parallel_setup(conf.parallel, tc.batch_size)
+    # ---- the run: processes and mesh, data, preprocessing, models, optimizers, state, step ------------
+    run = build_run(conf)  # the data-parallel set-up comes first: before any other JAX computation
+    par, pipe, opt = run.parallel, run.pipeline, run.optimizers
+    assert par is not None and pipe is not None and run.sources is not None
     if par.cpu is not None and par.cpu.layout != "kept":
         log.info("%s", par.cpu.reason)
-    per_device_batch = par.per_device_batch(tc.batch_size)  # raises unless the batch splits evenly
     log.info(
         "%s backend: %d worker(s) in %d process(es), global batch %d, per-device batch %d",
         par.backend,
         par.workers,
         par.process_count,
         tc.batch_size,
-        per_device_batch,
+        par.per_device_batch(tc.batch_size),
     )
-
-    # ---- data ----------------------------------------------------------------------------------------
-    if conf.data.kind == "simulated" and conf.data.geometry != conf.model.arch:
-        raise ValueError(
-            f"data.geometry {conf.data.geometry!r} and model.arch {conf.model.arch!r} differ; "
-            "the generator must produce the data's grid"
-        )
-    sources = open_source(conf.data)
-    preprocess = Preprocess.from_config(conf.data, conf.model.arch)
-    pipe = Pipeline(
-        sources.train,
-        tc.batch_size,
-        preprocess,
-        seed=tc.seed,
-        shuffle=conf.data.shuffle,
-        prefetch=conf.data.prefetch,
-        **par.pipeline_args(),  # the mesh, or (mpi) this process's share of every batch
-    )
+    sources, state, train_step, total_steps = run.sources, run.state, run.step, run.total_steps
+    model_cfg, updates_per_step = run.model, run.updates_per_step
     n_ref = len(sources.reference) if tc.val_events is None else min(tc.val_events, len(sources.reference))
     reference = sources.reference.read(np.arange(n_ref))
     ref_theta = reference.theta_or_normal()
     steps_per_epoch = pipe.steps_per_epoch
-    total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else tc.max_steps
-
-    # ---- models --------------------------------------------------------------------------------------
-    model_cfg = conf.model
-    if model_cfg.cell_power is None:  # the discriminator's ECAL head must undo the data's power
-        model_cfg = replace(model_cfg, cell_power=preprocess.cell_power)
-    if par.cfg.sync_batchnorm:  # BatchNorm moments averaged over the shard_map devices (auto resolved)
-        model_cfg = replace(model_cfg, bn_axis_name="data")
-    generator, discriminator = build(model_cfg, nnx.Rngs(tc.seed))
-    d_updates = {"paper": 2, "n_critic": tc.n_critic, "simultaneous": 1}.get(tc.schedule, 1)
-    g_updates = 1 if tc.schedule == "simultaneous" else tc.g_steps
-    oc = conf.optim
-    # Scaling rules give each player's peak rate for this global batch; the optimizers carry only the
-    # warm-up/decay shape (peak 1) and the peak rates live in the state (one compiled step per lr sweep).
-    updates_per_step = {"g": g_updates, "d": d_updates}
-    opt = build_optimizers(
-        oc,
-        conf.scaling,
-        tc.batch_size,
-        {p: total_steps * n for p, n in updates_per_step.items()},
-        unit_lr=True,
-    )
-    state, players = init_state(
-        generator, discriminator, opt.g_tx, opt.d_tx, tc.seed, lr_g=opt.peak_lr["g"], lr_d=opt.peak_lr["d"]
-    )
-    state = par.place_state(state)
-    del generator, discriminator
-
-    # ---- step ----------------------------------------------------------------------------------------
-    step_cfg = StepConfig.from_train(tc, arch=model_cfg.arch, cell_power=preprocess.cell_power)
-    train_step = par.compile(make_step(players, step_cfg, par.reducer))
 
     def generate_reference(st: GANState) -> Showers:
         """The EMA generator's showers at the reference events' (E, theta), in file units."""
-        x = generate(
-            players,
-            st,
-            reference.energy,
-            ref_theta,
-            batch=tc.batch_size,
-            seed=tc.seed + 7919,
-            bn_stats=tc.sample_bn,
-        )
-        ecal = np.asarray(preprocess.invert_cells(x), np.float32)
+        ecal = run.generate(st, reference.energy, ref_theta, seed=tc.seed + 7919)
         return Showers(ecal=ecal, energy=reference.energy, theta=reference.theta)
 
     # ---- restore -------------------------------------------------------------------------------------
-    ckpt = Checkpointer(run_dir, keep_last=tc.keep_last, keep_best=tc.keep_best)
+    ckpt = run.checkpointer(run_dir)
     # mpi processes are separate JAX programs with identical states: process 0 writes, all restore. Under
     # jax.distributed every process takes part in each (Orbax coordinates them).
     writes = par.backend != "mpi" or par.is_main
@@ -416,8 +355,8 @@ def fit(
     )
     manifest["reference"] = sources.reference.describe()
     manifest["parameters"] = {
-        "generator": param_count(state.g_params),
-        "discriminator": param_count(state.d_params),
+        "generator": param_count(state.g.params),
+        "discriminator": param_count(state.d.params),
     }
     manifest["parallel"] = par.describe(tc.batch_size)
     manifest["scaling"] = opt.describe()

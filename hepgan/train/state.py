@@ -9,7 +9,7 @@ draws fresh keys from ``fold_in(rng, step)`` every call, so a checkpoint holds e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -19,31 +19,41 @@ from flax import nnx, struct
 
 
 @struct.dataclass
+class PlayerState:
+    """What changes during training for one player (the generator ``g`` or the discriminator ``d``).
+
+    ``params``: its ``nnx.Param`` state; ``batch_stats``: its ``nnx.BatchStat`` running statistics;
+    ``opt_state``: its optax state; ``lr``: ``[]`` float32 base learning rate (the optimizers are built for
+    lr 1 and their updates scaled by this, so the compiled step does not depend on the learning rate and
+    an lr sweep compiles once).
+    """
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    lr: jax.Array
+
+    if TYPE_CHECKING:  # added by flax.struct.dataclass at runtime
+
+        def replace(self, **changes: Any) -> PlayerState: ...
+
+
+@struct.dataclass
 class GANState:
-    """Everything that changes during training, one slot per player.
+    """Everything that changes during training: the two players and what they share.
 
     ``step``: ``[]`` int32 number of completed updates; ``rng``: ``[2]`` uint32 raw key data of the run key
     (folded with ``step`` inside the update); ``lr_scale``: ``[]`` float32 factor on both players' updates
-    (lowered by ``train.on_nonfinite=rollback``); ``lr_g``/``lr_d``: ``[]`` float32 base learning rates
-    (the optimizers are built for lr 1 and their updates scaled by these, so the compiled step does not
-    depend on the learning rate and an lr sweep compiles once); ``g_params``/``d_params``: ``nnx.Param``
-    state; ``g_batch_stats``/``d_batch_stats``: ``nnx.BatchStat`` running statistics;
-    ``g_opt_state``/``d_opt_state``: optax states; ``ema_g_params``: exponential moving average of
-    ``g_params`` (equal to ``g_params`` when
-    the EMA is off).
+    (lowered by ``train.on_nonfinite=rollback``); ``g``/``d``: the generator's and the discriminator's
+    :class:`PlayerState`; ``ema_g_params``: exponential moving average of ``g.params`` (equal to
+    ``g.params`` when the EMA is off).
     """
 
     step: jax.Array
     rng: jax.Array
     lr_scale: jax.Array
-    lr_g: jax.Array
-    lr_d: jax.Array
-    g_params: Any
-    g_batch_stats: Any
-    d_params: Any
-    d_batch_stats: Any
-    g_opt_state: Any
-    d_opt_state: Any
+    g: PlayerState
+    d: PlayerState
     ema_g_params: Any
 
     if TYPE_CHECKING:  # added by flax.struct.dataclass at runtime
@@ -52,33 +62,43 @@ class GANState:
 
 
 @dataclass(frozen=True, eq=False)
+class Player:
+    """The static half of one player: its module's graph, the template of its random-stream state (the
+    step replaces the keys each call) and its optimizer. Closed over by the jitted step, never traced."""
+
+    graph: Any
+    rngs: Any
+    tx: optax.GradientTransformation
+
+    def module(self, params: Any, batch_stats: Any, key: jax.Array, *, train: bool = False) -> nnx.Module:
+        """The module with these arrays and random streams keyed by ``key``, in eval mode unless ``train``.
+
+        Rebuilding the state pytrees gives ``nnx.merge`` variables of the current trace, which BatchNorm
+        may then update (inside ``grad`` too)."""
+        m = nnx.merge(self.graph, _fresh(params), _fresh(batch_stats), fresh_rngs(self.rngs, key))
+        m.train() if train else m.eval()
+        return m
+
+
+@dataclass(frozen=True, eq=False)
 class Players:
-    """Static halves of the two models and their optimizers (closed over by the jitted step, never traced).
+    """The static halves of the generator ``g`` and the discriminator ``d``."""
 
-    ``*_rngs`` are templates of the modules' random-stream state; the step replaces their keys each call.
-    """
-
-    g_graph: Any
-    d_graph: Any
-    g_rngs: Any
-    d_rngs: Any
-    g_tx: optax.GradientTransformation
-    d_tx: optax.GradientTransformation
+    g: Player
+    d: Player
 
     def generator(self, state: GANState, *, ema: bool = True, train: bool = False) -> nnx.Module:
         """Rebuild the generator from ``state`` (EMA weights when ``ema``), in eval mode unless ``train``."""
-        params = state.ema_g_params if ema else state.g_params
-        g = nnx.merge(self.g_graph, params, state.g_batch_stats, fresh_rngs(self.g_rngs, jax.random.key(0)))
-        g.train() if train else g.eval()
-        return g
+        params = state.ema_g_params if ema else state.g.params
+        return self.g.module(params, state.g.batch_stats, jax.random.key(0), train=train)
 
     def discriminator(self, state: GANState, *, train: bool = False) -> nnx.Module:
         """Rebuild the discriminator from ``state``, in eval mode unless ``train``."""
-        d = nnx.merge(
-            self.d_graph, state.d_params, state.d_batch_stats, fresh_rngs(self.d_rngs, jax.random.key(0))
-        )
-        d.train() if train else d.eval()
-        return d
+        return self.d.module(state.d.params, state.d.batch_stats, jax.random.key(0), train=train)
+
+
+def _fresh(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x, tree)
 
 
 def split_module(module: nnx.Module) -> tuple[Any, Any, Any, Any]:
@@ -100,6 +120,12 @@ def fresh_rngs(rngs_state: Any, key: jax.Array) -> Any:
     return jax.tree.unflatten(treedef, new)
 
 
+def _player(module: nnx.Module, tx: optax.GradientTransformation, lr: float) -> tuple[PlayerState, Player]:
+    graph, params, batch_stats, rngs = split_module(module)
+    state = PlayerState(params, batch_stats, tx.init(params), jnp.asarray(lr, jnp.float32))
+    return state, Player(graph, rngs, tx)
+
+
 def init_state(
     generator: nnx.Module,
     discriminator: nnx.Module,
@@ -113,27 +139,21 @@ def init_state(
     """Split freshly built models into the training state and the static players.
 
     ``g_tx``/``d_tx`` are built for learning rate 1 and scaled by ``lr_g``/``lr_d`` (see
-    :class:`GANState`). ``seed`` gives the run key that drives noise, label flips and dropout (model
+    :class:`PlayerState`). ``seed`` gives the run key that drives noise, label flips and dropout (model
     initialisation has its own ``nnx.Rngs`` at build time).
     """
-    g_graph, g_params, g_bs, g_rngs = split_module(generator)
-    d_graph, d_params, d_bs, d_rngs = split_module(discriminator)
+    g_state, g = _player(generator, g_tx, lr_g)
+    d_state, d = _player(discriminator, d_tx, lr_d)
     state = GANState(
         step=jnp.zeros((), jnp.int32),
         # a stream apart from the models' nnx.Rngs(seed), which fold small counters into key(seed)
         rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 0x68657067)),
         lr_scale=jnp.ones((), jnp.float32),
-        lr_g=jnp.asarray(lr_g, jnp.float32),
-        lr_d=jnp.asarray(lr_d, jnp.float32),
-        g_params=g_params,
-        g_batch_stats=g_bs,
-        d_params=d_params,
-        d_batch_stats=d_bs,
-        g_opt_state=g_tx.init(g_params),
-        d_opt_state=d_tx.init(d_params),
-        ema_g_params=jax.tree.map(jnp.copy, g_params),
+        g=g_state,
+        d=d_state,
+        ema_g_params=jax.tree.map(jnp.copy, g_state.params),
     )
-    return state, Players(g_graph, d_graph, g_rngs, d_rngs, g_tx, d_tx)
+    return state, Players(g, d)
 
 
 def param_count(params: Any) -> int:
@@ -182,7 +202,7 @@ def recompute_bn_stats(
         bn.momentum = 0.0  # running <- this batch's statistics
         bn.axis_name = None  # one device holds the whole batch here (no shard_map axis to sync over)
     g.train()
-    g(g.latent(k_z, e, th))
+    g(cast(Any, g).latent(k_z, e, th))
     for bn, (momentum, axis_name) in zip(bns, saved, strict=True):
         bn.momentum, bn.axis_name = momentum, axis_name
     g.eval()
@@ -197,21 +217,23 @@ def generate(
     batch: int,
     seed: int,
     bn_stats: str = "running",
+    ema: bool = True,
 ) -> np.ndarray:
     """Generator samples ``[N, X, Y, Z]`` (network units) at ``energy: [N] GeV``, ``theta: [N] rad``.
 
-    Uses the EMA weights in eval mode, with the BatchNorm statistics ``bn_stats`` (one of
-    :data:`BN_STATS`; "recomputed": :func:`recompute_bn_stats`); chunks of ``batch`` events, the last one
-    padded, so one compilation serves every chunk. Chunk ``i`` draws its noise from
-    ``fold_in(key(seed), i)``.
+    Uses the EMA weights (the raw ones unless ``ema``) in eval mode, with the BatchNorm statistics
+    ``bn_stats`` (one of :data:`BN_STATS`; "recomputed": :func:`recompute_bn_stats`); chunks of
+    ``batch`` events, the last one padded, so one compilation serves every chunk. Chunk ``i`` draws its
+    noise from ``fold_in(key(seed), i)``.
     """
     if bn_stats not in BN_STATS:
         raise ValueError(f"train.sample_bn: unknown {bn_stats!r}; valid: {list(BN_STATS)}")
     if bn_stats == "recomputed":  # on copies: the state's own statistics stay as they are
-        g = players.generator(state.replace(g_batch_stats=jax.tree.map(jnp.copy, state.g_batch_stats)))
+        copied = state.g.replace(batch_stats=jax.tree.map(jnp.copy, state.g.batch_stats))
+        g = players.generator(state.replace(g=copied), ema=ema)
         recompute_bn_stats(g, energy, theta, seed)
     else:
-        g = players.generator(state, ema=True)
+        g = players.generator(state, ema=ema)
 
     @nnx.jit
     def sample(g: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:

@@ -26,16 +26,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from hepgan.cells import undo_power
 from hepgan.parallel.reduce import Reducer
 from hepgan.train.losses import ADV_LOSSES, PAPER_WEIGHTS, TERMS, gan_loss
-from hepgan.train.state import GANState, Players, fresh_rngs
+from hepgan.train.state import GANState, Player, Players, PlayerState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -121,9 +122,7 @@ class StepConfig:
 
 def ecal_sum(cells: jax.Array, cell_power: float) -> jax.Array:
     """Cell sum after undoing the power transform: ``cells: [B, X, Y, Z]`` preprocessed -> ``[B]``."""
-    if cell_power != 1.0:
-        cells = jnp.power(jnp.maximum(cells, 0.0), 1.0 / cell_power)
-    return jnp.sum(cells, axis=(1, 2, 3))
+    return jnp.sum(undo_power(cells, cell_power), axis=(1, 2, 3))
 
 
 def _flip(key: jax.Array, labels: jax.Array, p: float) -> jax.Array:
@@ -134,6 +133,43 @@ def _flip(key: jax.Array, labels: jax.Array, p: float) -> jax.Array:
 
 def _norm(tree: Any) -> jax.Array:
     return optax.tree.norm(tree)
+
+
+class _Part(NamedTuple):
+    """One batch the discriminator is scored on: its name ("real"/"fake"), cells ``[B,X,Y,Z]``, labels
+    ``[B]`` and conditions (energy ``[B]`` E/100, theta ``[B]`` rad, ECAL-sum target ``[B]``)."""
+
+    name: str
+    x: jax.Array
+    label: jax.Array
+    energy: jax.Array
+    theta: jax.Array
+    ecal: jax.Array
+
+
+class _Stepped(NamedTuple):
+    """What one optimizer step of one player reports: scalar metrics (losses and loss terms), the norm
+    of its reduced gradient and the gradient-noise-scale estimators (empty on one worker)."""
+
+    metrics: Metrics
+    grad_norm: jax.Array
+    gns: Metrics
+
+
+def _validate(cfg: StepConfig) -> None:
+    for value, valid, key in (
+        (cfg.schedule, SCHEDULES, "schedule"),
+        (cfg.adv_loss, ADV_LOSSES, "adv_loss"),
+        (cfg.d_batch, D_BATCH, "d_batch"),
+        (cfg.fake_bn, FAKE_BN, "fake_bn"),
+    ):
+        if value not in valid:
+            raise ValueError(f"train.{key}: unknown {value!r}; valid: {list(valid)}")
+    if cfg.d_batch == "joint" and cfg.schedule == "paper":
+        raise ValueError(
+            "train.d_batch=joint needs train.schedule=n_critic or simultaneous: the paper schedule updates "
+            "the discriminator on a real and a fake batch one after the other"
+        )
 
 
 def make_step(
@@ -152,254 +188,236 @@ def make_step(
     losses and loss terms, mean D(real)/D(fake) probabilities, gradient/parameter/update norms and a
     ``finite`` flag (1.0 when every loss and gradient norm is finite).
     """
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"train.schedule: unknown {cfg.schedule!r}; valid: {list(SCHEDULES)}")
-    if cfg.adv_loss not in ADV_LOSSES:
-        raise ValueError(f"train.adv_loss: unknown {cfg.adv_loss!r}; valid: {list(ADV_LOSSES)}")
-    if cfg.d_batch not in D_BATCH:
-        raise ValueError(f"train.d_batch: unknown {cfg.d_batch!r}; valid: {list(D_BATCH)}")
-    if cfg.d_batch == "joint" and cfg.schedule == "paper":
-        raise ValueError(
-            "train.d_batch=joint needs train.schedule=n_critic or simultaneous: the paper schedule updates "
-            "the discriminator on a real and a fake batch one after the other"
-        )
-    if cfg.fake_bn not in FAKE_BN:
-        raise ValueError(f"train.fake_bn: unknown {cfg.fake_bn!r}; valid: {list(FAKE_BN)}")
-    weights = cfg.loss_weights()
-    angle = cfg.arch == "angle51"
-    reducer = reducer if reducer is not None else Reducer()
+    _validate(cfg)
+    return GANUpdate(players, cfg, reducer if reducer is not None else Reducer(), cfg.loss_weights())
 
-    # ---- the two players as functions of their arrays --------------------------------------------------
-    # nnx variables remember the trace they were made in; rebuilding the state pytrees here gives merge
-    # variables of the current trace (inside grad), which BatchNorm may then update.
-    def fresh(tree):
-        return jax.tree.map(lambda x: x, tree)
 
-    def gen(g_params, g_bs, latent, key, train):
-        g = nnx.merge(players.g_graph, fresh(g_params), fresh(g_bs), fresh_rngs(players.g_rngs, key))
-        g.train() if train else g.eval()
-        x = g(latent)
-        return x, nnx.state(g, nnx.BatchStat)
+@dataclass(frozen=True, eq=False)
+class GANUpdate:
+    """The update as a callable ``(state, batch) -> (state, metrics)`` (built by :func:`make_step`).
 
-    def disc(d_params, d_bs, x, key):
-        d = nnx.merge(players.d_graph, fresh(d_params), fresh(d_bs), fresh_rngs(players.d_rngs, key))
-        d.train()
-        out = d(x)
-        return out, nnx.state(d, nnx.BatchStat)
+    Both players take their optimizer steps through the same :meth:`update`; the schedule in
+    :meth:`__call__` only decides which player steps on which batches. Static: the players' graphs and
+    optimizers, the settings, the reducer and the loss weights; everything traced is an argument.
+    """
 
-    sample_energy = not angle and cfg.fake_energy_range is not None
+    players: Players
+    cfg: StepConfig
+    reducer: Reducer
+    weights: dict[str, float]
 
-    def sum_per_energy(batch, ecal_real):
+    # ---- the players as functions of their arrays ---------------------------------------------------------
+    def run(self, player: Player, params: Any, batch_stats: Any, x: jax.Array, key: jax.Array, train: bool):
+        """``player``'s module applied to ``x``; returns its output and its updated BatchNorm statistics."""
+        module = player.module(params, batch_stats, key, train=train)
+        return module(x), nnx.state(module, nnx.BatchStat)
+
+    def score(self, d_params: Any, d_bs: Any, xs: list[jax.Array], key: jax.Array):
+        """Discriminator outputs (train mode) for each batch of ``xs`` and its new statistics: one
+        evaluation of their concatenation (``d_batch=joint``), else one per batch (keys ``fold_in(key, i)``).
+        """
+        if self.cfg.d_batch == "joint":
+            out, d_bs = self.run(self.players.d, d_params, d_bs, jnp.concatenate(xs), key, True)
+            cuts = list(itertools.accumulate(x.shape[0] for x in xs))[:-1]
+            split = {k: jnp.split(v, cuts) for k, v in out.items()}
+            return [{k: v[i] for k, v in split.items()} for i in range(len(xs))], d_bs
+        outs = []
+        for i, x in enumerate(xs):
+            out, d_bs = self.run(self.players.d, d_params, d_bs, x, jax.random.fold_in(key, i), True)
+            outs.append(out)
+        return outs, d_bs
+
+    # ---- conditions and fakes -----------------------------------------------------------------------------
+    @property
+    def samples_energy(self) -> bool:
+        """Fakes get energies of their own (fixed25 with ``fake_energy_range``), else the real batch's."""
+        return self.cfg.arch != "angle51" and self.cfg.fake_energy_range is not None
+
+    def sum_per_energy(self, batch: Batch, ecal_real: jax.Array) -> jax.Array:
         """The real batch's ECAL sum per unit energy, over the global batch (one collective per step).
 
         The Keras loop gives sampled energies an ECAL-sum target from a fit of sum/E; a straight-line
         fit through the origin on the real batch needs no constants tied to the data's units. Sums over
         the global batch, so that every worker fits the same line."""
-        s_ecal, s_e = reducer.mean((jnp.sum(ecal_real), jnp.sum(batch["energy"])))
+        s_ecal, s_e = self.reducer.mean((jnp.sum(ecal_real), jnp.sum(batch["energy"])))
         return s_ecal / jnp.maximum(s_e, 1e-12)
 
-    def conditions(key, batch, ecal_real, ratio):
-        """(energy E/100, theta rad, ecal target) for a batch of fakes; ``ratio``: ``sum_per_energy``."""
+    def conditions(self, key: jax.Array, batch: Batch, ecal_real: jax.Array, ratio: Any):
+        """(energy ``[B]`` E/100, theta ``[B]`` rad, ECAL-sum target ``[B]``) for a batch of fakes;
+        ``ratio``: :meth:`sum_per_energy`."""
         e, theta = batch["energy"], batch["theta"]
-        if not sample_energy:
+        if not self.samples_energy:
             return e, theta, ecal_real
-        lo, hi = cfg.fake_energy_range
+        lo, hi = self.cfg.fake_energy_range  # type: ignore[misc]
         e_f = jax.random.uniform(key, e.shape, e.dtype, lo, hi)
         return e_f, theta, e_f * ratio
 
-    def latent(state, key, e, theta):
-        g = nnx.merge(
-            players.g_graph,
-            fresh(state.g_params),
-            fresh(state.g_batch_stats),
-            fresh_rngs(players.g_rngs, key),
-        )
-        return g.latent(key, e * 100.0, theta)  # the models take GeV
+    def latent(self, state: GANState, key: jax.Array, e: jax.Array, theta: jax.Array) -> jax.Array:
+        """The generator's input for energies ``e`` (E/100) and angles ``theta`` (rad)."""
+        g = self.players.g.module(state.g.params, state.g.batch_stats, key)
+        return g.latent(key, e * 100.0, theta)  # type: ignore[attr-defined]  # the models take GeV
 
-    def sample_fakes(state, key, batch, ecal_real, ratio):
-        k_e, k_z, k_drop = jax.random.split(key, 3)
-        e, theta, ecal_t = conditions(k_e, batch, ecal_real, ratio)
-        z = latent(state, k_z, e, theta)
-        x, _ = gen(state.g_params, state.g_batch_stats, z, k_drop, cfg.fake_bn == "batch")
-        return jax.lax.stop_gradient(x), e, theta, ecal_t
+    def fakes(self, state: GANState, key: jax.Array, batch: Batch, ecal_real: jax.Array, ratio: Any) -> _Part:
+        """A fake batch for the discriminator, labelled 0 (flipped with ``label_flip``)."""
+        k_e, k_z, k_drop, k_l = jax.random.split(key, 4)
+        e, theta, ecal_t = self.conditions(k_e, batch, ecal_real, ratio)
+        z = self.latent(state, k_z, e, theta)
+        g = state.g
+        x, _ = self.run(self.players.g, g.params, g.batch_stats, z, k_drop, self.cfg.fake_bn == "batch")
+        label = _flip(k_l, jnp.zeros(e.shape, jnp.float32), self.cfg.label_flip)
+        return _Part("fake", jax.lax.stop_gradient(x), label, e, theta, ecal_t)
 
-    # ---- discriminator step -------------------------------------------------------------------------------
-    joint = cfg.d_batch == "joint"
-
-    def joint_outputs(d_params, d_bs, xs, key):
-        """One discriminator evaluation of the concatenated batches ``xs``; outputs split back per batch."""
-        out, d_bs = disc(d_params, d_bs, jnp.concatenate(xs), key)
-        cuts = list(itertools.accumulate(x.shape[0] for x in xs))[:-1]
-        split = {k: jnp.split(v, cuts) for k, v in out.items()}
-        return [{k: v[i] for k, v in split.items()} for i in range(len(xs))], d_bs
-
-    def d_loss(d_params, d_bs, parts, key):
-        total = jnp.zeros((), jnp.float32)
-        aux: dict[str, jax.Array] = {}
-        if joint:
-            outs, d_bs = joint_outputs(d_params, d_bs, [p[1] for p in parts], key)
-        for i, (name, x, label, e, theta, ecal_t) in enumerate(parts):
-            if joint:
-                out = outs[i]
-            else:
-                out, d_bs = disc(d_params, d_bs, x, jax.random.fold_in(key, i))
-            loss, terms = gan_loss(
-                out, label=label, energy=e, ecal=ecal_t, theta=theta, weights=weights, adv=cfg.adv_loss
-            )
-            total = total + loss
-            aux[f"d_{name}_loss"] = loss
-            aux[f"d_{name}_p"] = jnp.mean(jax.nn.sigmoid(out["logit"]))
-            aux.update({f"d_{name}_{k}": v for k, v in terms.items()})
-        return total, (aux, d_bs)
-
-    def d_grads(state, parts, key):
-        (_loss, (aux, d_bs)), grads = jax.value_and_grad(d_loss, has_aux=True)(
-            reducer.local(state.d_params), state.d_batch_stats, parts, key
-        )
-        grads, gns, d_bs = reducer.grads_and_mean(grads, parts[0][1].shape[0], d_bs)  # one collective
-        return grads, d_bs, aux, gns
-
-    def d_apply(state, grads, d_bs):
-        updates, opt_state = players.d_tx.update(grads, state.d_opt_state, state.d_params)
-        updates = jax.tree.map(lambda u: u * (state.lr_d * state.lr_scale), updates)
-        return state.replace(
-            d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state, d_batch_stats=d_bs
-        )
-
-    # ---- generator step -----------------------------------------------------------------------------------
-    def g_loss(g_params, g_bs, d_params, d_bs, latent, e, theta, ecal_t, key, real):
-        k_g, k_d = jax.random.split(key)
-        x, g_bs = gen(g_params, g_bs, latent, k_g, True)
-        # the frozen discriminator's statistics are not kept
-        if joint:  # normalised together with a real batch, as in the discriminator's updates
-            out = joint_outputs(d_params, d_bs, [real, x], k_d)[0][1]
-        else:
-            out, _ = disc(d_params, d_bs, x, k_d)
-        ones = jnp.ones(e.shape, jnp.float32)
-        loss, terms = gan_loss(
+    # ---- the losses ---------------------------------------------------------------------------------------
+    def loss(self, out: dict[str, jax.Array], label: jax.Array, cond: tuple, *, generator: bool = False):
+        """The loss of discriminator outputs ``out`` against ``label`` and ``cond`` (energy, theta,
+        ECAL-sum target): :func:`hepgan.train.losses.gan_loss` with the step's weights and adversarial
+        loss."""
+        e, theta, ecal_t = cond
+        return gan_loss(
             out,
-            label=ones,
+            label=label,
             energy=e,
             ecal=ecal_t,
             theta=theta,
-            weights=weights,
-            adv=cfg.adv_loss,
-            generator=True,
+            weights=self.weights,
+            adv=self.cfg.adv_loss,
+            generator=generator,
         )
-        return loss, ({f"g_{k}": v for k, v in terms.items()}, g_bs)
 
-    def g_grads(state, key, batch, ecal_real, ratio):
+    def d_loss(self, d_params: Any, d_bs: Any, parts: list[_Part], key: jax.Array):
+        """The discriminator's summed loss over ``parts``; aux: per-part losses, D probabilities, terms."""
+        outs, d_bs = self.score(d_params, d_bs, [p.x for p in parts], key)
+        total = jnp.zeros((), jnp.float32)
+        aux: Metrics = {}
+        for part, out in zip(parts, outs, strict=True):
+            loss, terms = self.loss(out, part.label, (part.energy, part.theta, part.ecal))
+            total = total + loss
+            aux[f"d_{part.name}_loss"] = loss
+            aux[f"d_{part.name}_p"] = jnp.mean(jax.nn.sigmoid(out["logit"]))
+            aux.update({f"d_{part.name}_{k}": v for k, v in terms.items()})
+        return total, (aux, d_bs)
+
+    def g_loss(
+        self, g_params: Any, g_bs: Any, d: Any, z: jax.Array, cond: tuple, key: jax.Array, real: jax.Array
+    ):
+        """The generator's loss through the frozen discriminator ``d`` (its statistics are not kept); with
+        ``d_batch=joint`` its fakes are normalised together with the real batch ``real``."""
+        k_g, k_d = jax.random.split(key)
+        x, g_bs = self.run(self.players.g, g_params, g_bs, z, k_g, True)
+        joint = self.cfg.d_batch == "joint"
+        out = self.score(d.params, d.batch_stats, [real, x] if joint else [x], k_d)[0][-1]
+        loss, terms = self.loss(out, jnp.ones(z.shape[:1], jnp.float32), cond, generator=True)
+        return loss, ({"g_loss": loss, **{f"g_{k}": v for k, v in terms.items()}}, g_bs)
+
+    # ---- one optimizer step of one player (the same code for both) --------------------------------------
+    def update(
+        self, state: GANState, who: str, loss_fn: Callable, n: int, *args: Any
+    ) -> tuple[PlayerState, _Stepped]:
+        """Player ``who`` ("g" or "d") after one optimizer step on ``loss_fn(params, batch_stats, *args)``
+        at ``state``; its gradient and BatchNorm statistics are reduced over the workers in one
+        collective (``n``: this worker's batch)."""
+        ps: PlayerState = getattr(state, who)
+        (_, (aux, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            self.reducer.local(ps.params), ps.batch_stats, *args
+        )
+        grads, gns, bs = self.reducer.grads_and_mean(grads, n, bs)
+        updates, opt_state = getattr(self.players, who).tx.update(grads, ps.opt_state, ps.params)
+        updates = jax.tree.map(lambda u: u * (ps.lr * state.lr_scale), updates)
+        new = ps.replace(params=optax.apply_updates(ps.params, updates), opt_state=opt_state, batch_stats=bs)
+        return new, _Stepped(aux, _norm(grads), gns)
+
+    def d_update(self, state: GANState, parts: list[_Part], key: jax.Array) -> tuple[PlayerState, _Stepped]:
+        """One discriminator step on the batches ``parts``."""
+        return self.update(state, "d", self.d_loss, parts[0].x.shape[0], parts, key)
+
+    def g_update(self, state: GANState, key: jax.Array, batch: Batch, ecal_real: jax.Array, ratio: Any):
+        """One generator step on fresh noise at conditions drawn for ``batch``."""
         k_c, k_z, k_l = jax.random.split(key, 3)
-        e, theta, ecal_t = conditions(k_c, batch, ecal_real, ratio)
-        z = latent(state, k_z, e, theta)
-        (loss, (aux, g_bs)), grads = jax.value_and_grad(g_loss, has_aux=True)(
-            reducer.local(state.g_params),
-            state.g_batch_stats,
-            state.d_params,
-            state.d_batch_stats,
-            z,
-            e,
-            theta,
-            ecal_t,
-            k_l,
-            batch["ecal"],
-        )
-        grads, gns, g_bs = reducer.grads_and_mean(grads, e.shape[0], g_bs)  # one collective
-        g_gns.append(gns)
-        return grads, g_bs, {"g_loss": loss, **aux}
-
-    def g_apply(state, grads, g_bs):
-        updates, opt_state = players.g_tx.update(grads, state.g_opt_state, state.g_params)
-        updates = jax.tree.map(lambda u: u * (state.lr_g * state.lr_scale), updates)
-        return state.replace(
-            g_params=optax.apply_updates(state.g_params, updates), g_opt_state=opt_state, g_batch_stats=g_bs
-        )
+        cond = self.conditions(k_c, batch, ecal_real, ratio)
+        z = self.latent(state, k_z, cond[0], cond[1])
+        return self.update(state, "g", self.g_loss, z.shape[0], state.d, z, cond, k_l, batch["ecal"])
 
     # ---- the update ---------------------------------------------------------------------------------------
-    # Gradient-noise-scale estimators of the updates of one trace (filled while tracing the step).
-    d_gns: list[dict[str, jax.Array]] = []
-    g_gns: list[dict[str, jax.Array]] = []
-
-    def step(state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+    def __call__(self, state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+        """One training step: the schedule's discriminator and generator steps, metrics, the EMA."""
+        cfg = self.cfg
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        k_d, k_g = jax.random.split(reducer.fold_in(key))
-        real = batch["ecal"]
-        ecal_real = ecal_sum(real, cfg.cell_power)
-        ratio = sum_per_energy(batch, ecal_real) if sample_energy else None
-        ones = jnp.ones(batch["energy"].shape, jnp.float32)
-        old_g, old_d = state.g_params, state.d_params
-        metrics: dict[str, jax.Array] = {}
-        d_gnorms, g_gnorms, g_aux = [], [], []
-        d_gns.clear()
-        g_gns.clear()
+        k_d, k_g = jax.random.split(self.reducer.fold_in(key))
+        ecal_real = ecal_sum(batch["ecal"], cfg.cell_power)
+        ratio = self.sum_per_energy(batch, ecal_real) if self.samples_energy else None
+        old = state
 
-        def real_part(k):
-            return ("real", real, _flip(k, ones, cfg.label_flip), batch["energy"], batch["theta"], ecal_real)
+        def real(k: jax.Array) -> _Part:
+            labels = _flip(k, jnp.ones(batch["energy"].shape, jnp.float32), cfg.label_flip)
+            return _Part("real", batch["ecal"], labels, batch["energy"], batch["theta"], ecal_real)
 
-        def fake_part(st, k):
-            k_f, k_l = jax.random.split(k)
-            x, e, theta, ecal_t = sample_fakes(st, k_f, batch, ecal_real, ratio)
-            return ("fake", x, _flip(k_l, jnp.zeros_like(ones), cfg.label_flip), e, theta, ecal_t)
+        def fake(k: jax.Array) -> _Part:
+            return self.fakes(state, k, batch, ecal_real, ratio)
 
-        def d_round(st, parts, k):
-            dg, d_bs, aux, gns = d_grads(st, parts, k)
-            d_gns.append(gns)
-            metrics.update(aux)
-            d_gnorms.append(_norm(dg))
-            return dg, d_bs
-
-        if cfg.schedule == "simultaneous":
+        d_steps: list[_Stepped] = []
+        g_steps: list[_Stepped] = []
+        if cfg.schedule == "simultaneous":  # both gradients at the current parameters
             k1, k2, k3 = jax.random.split(k_d, 3)
-            dg, d_bs = d_round(state, [real_part(k1), fake_part(state, k2)], k3)
-            gg, g_bs, gaux = g_grads(state, k_g, batch, ecal_real, ratio)
-            state = g_apply(d_apply(state, dg, d_bs), gg, g_bs)
-            g_gnorms.append(_norm(gg))
-            g_aux.append(gaux)
+            d_new, d_info = self.d_update(state, [real(k1), fake(k2)], k3)
+            g_new, g_info = self.g_update(state, k_g, batch, ecal_real, ratio)
+            state = state.replace(d=d_new, g=g_new)
+            d_steps, g_steps = [d_info], [g_info]
         else:
-            if cfg.schedule == "paper":
+            # the generator does not change during the discriminator's steps: its fakes are drawn up front
+            if cfg.schedule == "paper":  # a real batch, then a fake one (two train_on_batch calls)
                 k1, k2, k3, k4 = jax.random.split(k_d, 4)
-                state = d_apply(state, *d_round(state, [real_part(k1)], k2))
-                state = d_apply(state, *d_round(state, [fake_part(state, k3)], k4))
-            else:
-                for i in range(cfg.n_critic):
-                    k1, k2, k3 = jax.random.split(jax.random.fold_in(k_d, i), 3)
-                    state = d_apply(state, *d_round(state, [real_part(k1), fake_part(state, k2)], k3))
+                rounds = [([real(k1)], k2), ([fake(k3)], k4)]
+            else:  # n_critic steps, each on a real and a fresh fake batch
+                keys = [jax.random.split(jax.random.fold_in(k_d, i), 3) for i in range(cfg.n_critic)]
+                rounds = [([real(k1), fake(k2)], k3) for k1, k2, k3 in keys]
+            for parts, k in rounds:
+                d_new, info = self.d_update(state, parts, k)
+                state = state.replace(d=d_new)
+                d_steps.append(info)
             for i in range(cfg.g_steps):
-                gg, g_bs, gaux = g_grads(state, jax.random.fold_in(k_g, i), batch, ecal_real, ratio)
-                state = g_apply(state, gg, g_bs)
-                g_gnorms.append(_norm(gg))
-                g_aux.append(gaux)
-
-        for k in g_aux[0]:
-            metrics[k] = jnp.mean(jnp.stack([a[k] for a in g_aux]))
-        metrics = reducer.mean(metrics)  # per-worker losses -> global-batch means
-        for player, est in (("d", d_gns), ("g", g_gns)):
-            for k in est[0] if est else ():
-                metrics[f"{player}_{k}"] = jnp.mean(jnp.stack([x[k] for x in est]))
-        metrics["d_loss"] = jnp.sum(
-            jnp.stack([v for k, v in metrics.items() if k.startswith("d_") and k.endswith("_loss")])
-        )
-        metrics["d_grad_norm"] = jnp.max(jnp.stack(d_gnorms))
-        metrics["g_grad_norm"] = jnp.max(jnp.stack(g_gnorms))
-        metrics["d_param_norm"] = _norm(state.d_params)
-        metrics["g_param_norm"] = _norm(state.g_params)
-        metrics["d_update_norm"] = _norm(jax.tree.map(jnp.subtract, state.d_params, old_d))
-        metrics["g_update_norm"] = _norm(jax.tree.map(jnp.subtract, state.g_params, old_g))
-        watched = jnp.stack(
-            [metrics["d_loss"], metrics["g_loss"], metrics["d_grad_norm"], metrics["g_grad_norm"]]
-        )
-        metrics["finite"] = jnp.all(jnp.isfinite(watched)).astype(jnp.float32)
-        metrics["lr_scale"] = state.lr_scale
+                g_new, info = self.g_update(state, jax.random.fold_in(k_g, i), batch, ecal_real, ratio)
+                state = state.replace(g=g_new)
+                g_steps.append(info)
+        metrics = self.metrics(old, state, d_steps, g_steps)
 
         # EMA with the usual warm-up (decay grows as (1+t)/(10+t)) so short runs are not dominated by the
         # random initial weights.
         if cfg.ema_decay > 0.0:
             t = state.step.astype(jnp.float32)
             decay = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
-            ema = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.ema_g_params, state.g_params)
+            ema = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.ema_g_params, state.g.params)
         else:
-            ema = state.g_params
-        state = state.replace(ema_g_params=ema, step=state.step + 1)
-        return state, metrics
+            ema = state.g.params
+        return state.replace(ema_g_params=ema, step=state.step + 1), metrics
 
-    return step
+    def metrics(
+        self, old: GANState, new: GANState, d_steps: list[_Stepped], g_steps: list[_Stepped]
+    ) -> Metrics:
+        """The step's scalar metrics: the discriminator's losses as of its last step on each batch kind
+        and the generator's averaged over its steps (both averaged over the workers), per-player
+        gradient-noise estimators, gradient, parameter and update norms, ``finite``, ``lr_scale``."""
+        metrics: Metrics = {}
+        for info in d_steps:
+            metrics.update(info.metrics)
+        metrics.update(_mean_of([info.metrics for info in g_steps]))
+        metrics = self.reducer.mean(metrics)  # per-worker losses -> global-batch means
+        for who, infos in (("d", d_steps), ("g", g_steps)):
+            metrics.update({f"{who}_{k}": v for k, v in _mean_of([i.gns for i in infos]).items()})
+            metrics[f"{who}_grad_norm"] = jnp.max(jnp.stack([i.grad_norm for i in infos]))
+            after, before = getattr(new, who).params, getattr(old, who).params
+            metrics[f"{who}_param_norm"] = _norm(after)
+            metrics[f"{who}_update_norm"] = _norm(jax.tree.map(jnp.subtract, after, before))
+        metrics["d_loss"] = jnp.sum(
+            jnp.stack([v for k, v in metrics.items() if k.startswith("d_") and k.endswith("_loss")])
+        )
+        watched = jnp.stack(
+            [metrics["d_loss"], metrics["g_loss"], metrics["d_grad_norm"], metrics["g_grad_norm"]]
+        )
+        metrics["finite"] = jnp.all(jnp.isfinite(watched)).astype(jnp.float32)
+        metrics["lr_scale"] = new.lr_scale
+        return metrics
+
+
+def _mean_of(rows: list[Metrics]) -> Metrics:
+    """Key-wise mean of metric dicts with the same keys (``{}`` for none)."""
+    return {k: jnp.mean(jnp.stack([r[k] for r in rows])) for k in (rows[0] if rows else {})}
