@@ -42,13 +42,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hepgan tests
-	$(VENV)/bin/ruff format --check hepgan tests
-	$(VENV)/bin/mypy hepgan
+	$(VENV)/bin/ruff check hepgan hydra_plugins tests
+	$(VENV)/bin/ruff format --check hepgan hydra_plugins tests
+	$(VENV)/bin/mypy hepgan hydra_plugins
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format hepgan tests
-	$(VENV)/bin/ruff check --fix hepgan tests
+	$(VENV)/bin/ruff format hepgan hydra_plugins tests
+	$(VENV)/bin/ruff check --fix hepgan hydra_plugins tests
 
 bench: $(STAMP)
 	$(VENV)/bin/hepgan-bench all --out experiments/bench

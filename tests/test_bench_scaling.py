@@ -4,14 +4,16 @@ for what the step reduces. Speed itself is measured by ``hepgan-bench scaling``,
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import json
+import subprocess
+from pathlib import Path
 
 import jax
 import pytest
 from flax import nnx
 
-from hepgan.bench.scaling import KEEP_MEMORY, _launch, run, summarize, worker
+from hepgan.bench import scaling
+from hepgan.bench.scaling import _launch, run, summarize, worker
 from hepgan.models import ModelConfig, build
 
 
@@ -27,7 +29,6 @@ def _args(backend: str, devices: int, schedule: str) -> argparse.Namespace:
         mpi_reduce="flat",
         schedule=schedule,
         profile=None,
-        pin_threads=False,  # never re-pin this test process's own threads
         json="unused",
     )
 
@@ -53,19 +54,28 @@ def test_worker_runs_the_real_step_and_counts_the_reduced_bytes():
     assert one["bytes_reduced_per_step"] == 0 and one["reduce_s"] == 0.0  # nothing to reduce on 1 worker
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="thread pinning: Linux, 2 cores"
-)
-def test_shard_map_worker_pins_one_compute_thread_per_core():
-    # A fresh process as the driver starts it (one XLA thread per device, cores 0-1): each device's
-    # compute thread, found by its CPU time in warm-up, gets a core of its own.
-    r = _launch("shard_map", 2, 2, size="tiny", conv_impl="fft", steps=1, warmup=1)
-    pinned = r["pinned_threads"]
-    assert len(pinned) == 2
-    assert sorted(p["core"] for p in pinned) == [0, 1]
-    assert len({p["tid"] for p in pinned}) == 2 and all(p["warmup_cpu_ticks"] > 0 for p in pinned)
-    # the worker ran with the driver's malloc settings, and counted its page faults
-    assert r["glibc_tunables"] == KEEP_MEMORY and r["minor_page_faults_per_step"] >= 0
+def test_launch_gives_the_workers_this_environment_with_their_own_xla_flags(monkeypatch):
+    # What runs a worker is recorded instead of run: the environment a user sets for the benchmark
+    # (e.g. a malloc setting) reaches every worker; XLA_FLAGS is the driver's own.
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=unused")
+    monkeypatch.setattr(scaling.shutil, "which", lambda name: "/usr/bin/taskset")
+    monkeypatch.setattr(scaling.os, "cpu_count", lambda: 8)
+    seen = []
+
+    def fake_run(cmd, env, **kw):
+        seen.append((cmd, env))
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"step_s": 1.0}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(scaling.subprocess, "run", fake_run)
+    assert _launch("shard_map", 2, 4, size="tiny", conv_impl="fft", steps=1, warmup=1) == {"step_s": 1.0}
+    ((cmd, env),) = seen
+    assert cmd[:3] == ["/usr/bin/taskset", "-c", "0-1"]
+    assert cmd[cmd.index("--backend") + 1] == "shard_map" and cmd[cmd.index("--devices") + 1] == "2"
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=1"
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {scaling.ONE_THREAD}"
+    assert env["JAX_PLATFORMS"] == "cpu"
 
 
 def test_summary_median_and_range_over_repeats():

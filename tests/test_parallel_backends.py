@@ -1,6 +1,6 @@
 """The three reduction backends give the same update where their semantics agree (fp32 tolerances).
 
-Stand-in: the tiny BatchNorm network of :mod:`hepgan.parallel.toy` (momentum SGD, several steps), so that
+Stand-in: the tiny BatchNorm network of tests/parallel_toy.py (momentum SGD, several steps), so that
 a wrong average (a sum where a mean belongs), a missing BatchNorm reduction or equal noise on all workers
 shows up in the parameters.
 """
@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+from parallel_toy import init_toy, make_toy_step, toy_data
 
 from hepgan.parallel import Reducer, make_mesh
 from hepgan.parallel.config import ParallelConfig
 from hepgan.parallel.runtime import Parallel, setup
-from hepgan.parallel.toy import init_toy, make_toy_step, toy_data
 
+TOY = Path(__file__).with_name("parallel_toy.py")
 STEPS, GLOBAL_BATCH = 4, 16
 # fp32: the same sums in a different order (per-device partial sums, then an all-reduce) differ by a few
 # ulps per step; momentum carries them over the steps, hence 1e-5 rather than 1e-7.
@@ -123,7 +124,8 @@ def test_mpi_two_processes_equal_shard_map_local_batchnorm(tmp_path):
     ref, ref_losses = _train(setup(ParallelConfig(backend="shard_map", devices=2, launcher="none")))
     out = tmp_path / "mpi.json"
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    cmd = [str(_mpirun()), "-n", "2", sys.executable, "-m", "hepgan.parallel.toy", "mpi"]
+    # Run as a script by its path: its folder (tests/) comes first on the subprocess's sys.path.
+    cmd = [str(_mpirun()), "-n", "2", sys.executable, str(TOY), "mpi"]
     cmd += ["--steps", str(STEPS), "--global-batch", str(GLOBAL_BATCH), "--reduce", "both", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 Two processes on 127.0.0.1 with one CPU device each form one 2-device mesh; they train, checkpoint with
 Orbax (both take part), drop their state and resume from the checkpoint into a fresh one. The result must
-equal one process training the same steps on two devices. Stand-in model: :mod:`hepgan.parallel.toy`.
+equal one process training the same steps on two devices. Stand-in model: tests/parallel_toy.py.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
+from parallel_toy import init_toy, local_value, restore_toy, save_toy, train_toy
 
 from hepgan.parallel import ParallelConfig, setup
-from hepgan.parallel.toy import init_toy, local_value, restore_toy, save_toy, train_toy
 
+TOY = Path(__file__).with_name("parallel_toy.py")
 STEPS, GLOBAL_BATCH = 4, 16
 # Same program, same device count, only split over processes: gloo's all-reduce of two partial sums is
 # the one reordering, so results agree to a few ulps.
@@ -44,7 +46,8 @@ def _launch_pair(tmp_path) -> dict:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     procs = []
     for i in range(2):
-        cmd = [sys.executable, "-m", "hepgan.parallel.toy", "dist", "--coordinator", f"127.0.0.1:{port}"]
+        # Run as a script by its path: its folder (tests/) comes first on the subprocess's sys.path.
+        cmd = [sys.executable, str(TOY), "dist", "--coordinator", f"127.0.0.1:{port}"]
         cmd += [
             "--num-processes",
             "2",

@@ -2,20 +2,18 @@
 
 Each configuration runs in its own process tree (the device count of a CPU run is fixed when JAX starts):
 
-- ``xla`` / ``shard_map``: one process with ``N`` simulated CPU devices on ``N`` cores, each device's
-  compute thread pinned to a core of its own after warm-up;
+- ``xla`` / ``shard_map``: one process with ``N`` simulated CPU devices, allowed cores ``0..N-1``;
 - ``mpi``: ``mpirun -n N``, one single-device process per core;
 - baseline: one process, one device, one core.
 
 Every process runs with one compute thread (``--xla_cpu_multi_thread_eigen=false
 intra_op_parallelism_threads=1``) so that ``N`` workers on ``N`` cores are comparable with one worker on
-one core. Every worker, the baseline's included, runs with the same malloc settings (``--glibc-tunables``;
-by default :data:`KEEP_MEMORY`, which reuses XLA's large CPU temporaries instead of faulting them in
-again every step: docs/training.md). Per step the worker reports the wall time, the input-pipeline wait
-(time blocked in ``next(pipeline)``), the gradient-reduction time (the step's all-reduces on
-gradient-sized buffers, timed alone), the compute time (step minus reduction) and the page faults and
-system CPU time; the driver adds throughput and parallel efficiency: weak scaling (fixed per-device
-batch) ``T_1 / T_N``, strong scaling (fixed global batch) ``T_1 / (N T_N)``.
+one core. The workers inherit the driver's environment apart from ``XLA_FLAGS`` and ``JAX_PLATFORMS``
+(e.g. a ``GLIBC_TUNABLES`` malloc setting applies to every worker, the baseline's included). Per step
+the worker reports the wall time, the input-pipeline wait (time blocked in ``next(pipeline)``), the
+gradient-reduction time (the step's all-reduces on gradient-sized buffers, timed alone) and the compute
+time (step minus reduction); the driver adds throughput and parallel efficiency: weak scaling (fixed
+per-device batch) ``T_1 / T_N``, strong scaling (fixed global batch) ``T_1 / (N T_N)``.
 
 The step is the trainer's own update (:func:`hepgan.train.step.make_step`) of the fixed-angle 3DGAN with
 the ``optim`` defaults, fed by the trainer's input pipeline. With the paper schedule a step makes two
@@ -31,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -42,26 +39,11 @@ from pathlib import Path
 from typing import Any
 
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-# glibc malloc for every worker (baseline included): one heap, no mmap, no trimming, transparent huge
-# pages, so a step's large XLA temporaries are reused rather than faulted in again each step
-# (docs/training.md, "CPU runs: the memory allocator"). "" runs the workers with glibc's defaults.
-KEEP_MEMORY = (
-    "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-    "glibc.malloc.trim_threshold=68719476736"
-)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Worker: one configuration, in this process (or in every process of an mpirun)
 # ----------------------------------------------------------------------------------------------------
-
-
-def _updates_per_step(schedule: str, n_critic: int = 5, g_steps: int = 2) -> dict[str, int]:
-    """Optimizer updates (= gradient all-reduces) per training step of each player."""
-    return {
-        "d": {"paper": 2, "n_critic": n_critic, "simultaneous": 1}[schedule],
-        "g": 1 if schedule == "simultaneous" else g_steps,
-    }
 
 
 def worker(a: argparse.Namespace) -> dict[str, Any]:
@@ -74,18 +56,13 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
-    from hepgan.data.pipeline import Pipeline, Preprocess
-    from hepgan.data.source import ArraySource
+    from hepgan.data.source import ArraySource, Sources
     from hepgan.data.types import Showers
-    from hepgan.models import ModelConfig, build
     from hepgan.parallel import ParallelConfig, mpi_mean, setup
     from hepgan.parallel.mesh import AXIS
-    from hepgan.train.config import OptimConfig
-    from hepgan.train.scaling import ScalingConfig, build_optimizers
-    from hepgan.train.state import init_state
-    from hepgan.train.step import StepConfig, make_step
+    from hepgan.train.config import compose
+    from hepgan.train.run import build_run
 
     par = setup(
         ParallelConfig(
@@ -98,23 +75,6 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     workers = par.workers
     local = a.per_device_batch
     global_batch = local * workers
-    preprocess = Preprocess.for_model("fixed25")
-    mcfg = ModelConfig(arch="fixed25", size=a.size, conv_impl=a.conv_impl, cell_power=preprocess.cell_power)
-    g, d = build(mcfg, nnx.Rngs(0))
-    per_step = _updates_per_step(a.schedule)
-    opt = build_optimizers(
-        OptimConfig(), ScalingConfig(), global_batch, {"g": 10**6, "d": 10**6}, unit_lr=True
-    )
-    state, players = init_state(g, d, opt.g_tx, opt.d_tx, 1, lr_g=opt.peak_lr["g"], lr_d=opt.peak_lr["d"])
-    g_params, d_params = state.g_params, state.d_params
-    n_params = {
-        "g": int(sum(x.size for x in jax.tree.leaves(g_params))),
-        "d": int(sum(x.size for x in jax.tree.leaves(d_params))),
-    }
-    step_cfg = StepConfig(arch="fixed25", schedule=a.schedule, cell_power=preprocess.cell_power)
-    step = par.compile(make_step(players, step_cfg, par.reducer))
-    state = par.place_state(state)
-
     # Input: random showers in memory, read through the real pipeline (preprocess, shard, prefetch).
     rng = np.random.default_rng(0)
     n_ev = global_batch * 4
@@ -122,7 +82,27 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         ecal=rng.gamma(0.3, 0.02, size=(n_ev, 25, 25, 25)).astype(np.float32),
         energy=rng.uniform(10, 500, size=n_ev).astype(np.float32),
     )
-    pipe = Pipeline(ArraySource(showers), global_batch, preprocess, seed=0, prefetch=2, **par.pipeline_args())
+    # The paper's fixed-angle update at this size, batch and schedule, assembled as training assembles it
+    cfg = compose(
+        [
+            "experiment=paper_fixed25",
+            f"model.size={a.size}",
+            f"model.conv_impl={a.conv_impl}",
+            f"train.batch_size={global_batch}",
+            f"train.schedule={a.schedule}",
+            "train.seed=1",
+            "data.prefetch=2",
+        ]
+    )
+    run = build_run(cfg, parallel=par, sources=Sources(ArraySource(showers), ArraySource(showers)))
+    state, step, pipe = run.state, run.step, run.pipeline
+    assert pipe is not None
+    per_step = run.updates_per_step
+    g_params, d_params = state.g.params, state.d.params
+    n_params = {
+        "g": int(sum(x.size for x in jax.tree.leaves(g_params))),
+        "d": int(sum(x.size for x in jax.tree.leaves(d_params))),
+    }
 
     def one_step(i: int) -> tuple[float, float]:
         nonlocal state
@@ -141,24 +121,16 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     for i in range(a.warmup):
         one_step(i)
     t_compile = time.perf_counter() - t_compile
-    # One device per core: the threads that ran the devices' programs during warm-up, each to its own core
-    pinned = _pin_compute_threads(workers) if a.pin_threads and a.backend != "mpi" else []
     if a.profile:
         with jax.profiler.trace(a.profile):
             for i in range(3):
                 one_step(a.warmup + i)
     waits, totals = [], []
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     for i in range(a.steps):
         w, t = one_step(a.warmup + 10 + i)
         waits.append(w)
         totals.append(t)
     pipe.close()
-    # Page faults of this process during the timed steps: on CPU, XLA's large temporaries come from
-    # malloc, and how often their pages are faulted in again is set by the allocator (see --glibc-tunables)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    faults = (after.ru_minflt - usage.ru_minflt) / a.steps
-    system_s = (after.ru_stime - usage.ru_stime) / a.steps
 
     # Reduction alone: the step's gradient all-reduces (one per player and optimizer update) on buffers
     # of the gradients' shapes, in one jitted program as in the step.
@@ -213,42 +185,7 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
         "throughput_per_s": global_batch / step_time,
         "compile_and_warmup_s": t_compile,
         "rank": par.process_index,
-        "pinned_threads": pinned,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "minor_page_faults_per_step": faults,
-        "system_cpu_s_per_step": system_s,
     }
-
-
-def _thread_cpu_ticks() -> dict[int, tuple[str, int]]:
-    """``{thread id: (name, user + system CPU ticks)}`` of this process's threads (Linux ``/proc``)."""
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[int(tid)] = (name, int(fields[11]) + int(fields[12]))
-    return out
-
-
-def _pin_compute_threads(n: int) -> list[dict[str, Any]]:
-    """Pin the ``n`` busiest XLA compute threads of this process (``tf_XLAEigen*``: with one intra-op
-    thread per device, one thread runs each device's program) to the first ``n`` cores this process may
-    use, one each; returns what was pinned. The process's other threads (Python, input prefetch) keep
-    the whole core set. Written by hand: neither JAX nor XLA exposes thread placement for CPU devices."""
-    if n < 2 or not Path("/proc/self/task").is_dir():
-        return []
-    cores = sorted(os.sched_getaffinity(0))
-    threads = _thread_cpu_ticks().items()
-    xla = [(ticks, tid, name) for tid, (name, ticks) in threads if name.startswith("tf_XLA")]
-    busy = sorted(xla, reverse=True)[:n]
-    pinned = []
-    for core, (ticks, tid, name) in zip(cores, busy, strict=False):
-        os.sched_setaffinity(tid, {core})
-        pinned.append({"thread": name, "tid": tid, "core": core, "warmup_cpu_ticks": ticks})
-    return pinned
 
 
 def _calls(backend: str, flat: bool, g_params: Any, d_params: Any, per_step: dict[str, int]) -> int:
@@ -288,11 +225,11 @@ def _launch(
     warmup: int,
     mpi_reduce: str = "flat",
     profile: str | None = None,
-    glibc_tunables: str = KEEP_MEMORY,
     timeout: float = 1200,
 ) -> dict[str, Any]:
     """Run one configuration in fresh processes pinned to cores ``0..n-1``; returns rank 0's result.
-    ``glibc_tunables``: the workers' ``GLIBC_TUNABLES`` (``""``: glibc's defaults).
+    The workers inherit this process's environment, apart from ``JAX_PLATFORMS=cpu`` and their own
+    ``XLA_FLAGS`` (device count, one compute thread).
 
     ``backend="independent"``: ``n`` single-device workers started together, each on its own core, that
     never communicate; returns the first one's result with ``step_s`` the mean of all ``n`` medians.
@@ -329,9 +266,6 @@ def _launch(
             args += ["--independent"]
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         env.pop("XLA_FLAGS", None)
-        env.pop("GLIBC_TUNABLES", None)
-        if glibc_tunables:
-            env["GLIBC_TUNABLES"] = glibc_tunables
         taskset = shutil.which("taskset")
         cores = min(n, os.cpu_count() or 1)
         if backend in ("mpi", "independent"):
@@ -375,7 +309,6 @@ def run(
     quick: bool = False,
     profile: str | None = None,
     repeats: int = 3,
-    glibc_tunables: str = KEEP_MEMORY,
     per_device_batch: int | None = None,
 ) -> dict[str, Any]:
     """Weak and strong scaling on this machine's cores for the xla, shard_map and mpi backends.
@@ -384,8 +317,6 @@ def run(
     ``repeats``: how often the weak-scaling configurations of the goal (non-communicating workers, mpi,
     shard_map) are measured, each time paired with a fresh baseline; the rest once. The summary gives
     each configuration's median efficiency over its repeats with the smallest and largest.
-    ``glibc_tunables``: the malloc settings of every worker, the baseline's included (``""``: glibc's
-    defaults).
     ``per_device_batch``: showers per worker and step in weak scaling, and the one-worker batch that
     strong scaling splits (default 8; 4 with ``quick``).
     Returns the JSON-able result (configurations, per-step times, efficiencies, summary, machine load).
@@ -402,7 +333,6 @@ def run(
         "conv_impl": "auto",
         "steps": steps,
         "warmup": warmup,
-        "glibc_tunables": glibc_tunables,
     }
     load_before = os.getloadavg()
     baselines: list[dict[str, Any]] = []
@@ -451,7 +381,6 @@ def run(
         },
         "threads_per_worker": 1,
         "per_device_batch": per_dev,
-        "glibc_tunables": glibc_tunables,
         "repeats": repeats,
         "baseline": base,
         "baseline_step_s_all": [b["step_s"] for b in baselines],
@@ -466,9 +395,7 @@ def run(
             "at once (the machine's own ceiling); efficiency_vs_independent = weak efficiency / the "
             "independent one of the same repeat; reduce_s times the step's gradient all-reduces alone; "
             "compute_s = step - input wait - reduce; summary: median (min, max) over the repeats, and "
-            "efficiency_pooled = median of all baselines / the configuration's median step time; "
-            "shard_map/xla processes pin each device's compute thread to its own core (pinned_threads); "
-            "every worker, the baseline's included, runs with GLIBC_TUNABLES = glibc_tunables"
+            "efficiency_pooled = median of all baselines / the configuration's median step time"
         ),
     }
 
@@ -580,7 +507,6 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--mpi-reduce", choices=["flat", "tree"], default="flat")
     w.add_argument("--schedule", choices=["paper", "n_critic", "simultaneous"], default="paper")
     w.add_argument("--profile", default=None)
-    w.add_argument("--no-pin-threads", dest="pin_threads", action="store_false")
     w.add_argument("--json", required=True)
     w.add_argument(
         "--independent", action="store_true", help="(with mpirun) write JSON.RANK, no communication"
@@ -597,11 +523,6 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="showers per worker and step (weak; strong scaling splits it); default 8, 4 with --quick",
     )
-    p.add_argument(
-        "--glibc-tunables",
-        default=KEEP_MEMORY,
-        help="GLIBC_TUNABLES of every worker, the baseline's included ('' for glibc's defaults)",
-    )
     a = p.parse_args(argv)
     if a.cmd == "worker":
         res = worker(a)
@@ -617,7 +538,6 @@ def main(argv: list[str] | None = None) -> int:
         quick=a.quick,
         profile=a.profile,
         repeats=a.repeats,
-        glibc_tunables=a.glibc_tunables,
         per_device_batch=a.per_device_batch,
     )
     path = write_result("scaling", result, a.out)

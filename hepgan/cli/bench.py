@@ -21,7 +21,6 @@ BENCHMARKS: dict[str, str] = {
     "train": "hepgan.bench.train",
     "startup": "hepgan.bench.startup",
     "scaling": "hepgan.bench.scaling",
-    "interference": "hepgan.bench.interference",
     "chaos": "hepgan.bench.chaos",
     "layout": "hepgan.bench.layout",
 }

@@ -1,7 +1,7 @@
 """Index-addressed sweep plans: one Hydra override set per line, run by array jobs.
 
 A sweep is written in Hydra's override grammar (``optim.lr_g=1e-3,5e-4 train.batch_size=64,128
-model=small``, ``range(...)``, ``choice(...)``, ``glob(...)``) and expanded by Hydra's own parser and
+model=fixed25_paper``, ``range(...)``, ``choice(...)``, ``glob(...)``) and expanded by Hydra's own parser and
 ``BasicSweeper``, so the plan's entries are exactly the jobs ``hepgan-train -m`` would launch, in the
 same order. Entry ``i`` of the plan is then addressable by an array task index, which is all a batch
 system (Slurm, LSF, PanDA) needs.

@@ -3,10 +3,11 @@ shared CPU.
 
 Two data-parallel workers on two cores of one CPU share that CPU's last-level cache (L3) and memory
 bandwidth, so even workers that never communicate are slower together than one alone (the scaling
-benchmark's ``independent`` configuration). This benchmark says which shared resource it is. It times
+benchmark's ``independent`` configuration). This measurement says which shared resource it is. It times
 the scaling benchmark's one-worker configuration (the trainer's step of the paper fixed-angle 3DGAN, one
-XLA thread, pinned to core 0; :func:`hepgan.bench.scaling._launch`) alone and next to each of three
-neighbour processes pinned to core 1:
+XLA thread, pinned to core 0; :func:`hepgan.bench.scaling._launch`, with the ``KEEP_MEMORY`` malloc
+settings of ``vm_knobs.py`` beside this script) alone and next to each of three neighbour processes
+pinned to core 1:
 
 - ``spin``: a pure-Python loop: the core is busy, the caches and memory are almost untouched;
 - ``dram``: copies between two 512 MiB arrays: memory bandwidth, far beyond any cache;
@@ -16,9 +17,13 @@ neighbour processes pinned to core 1:
 Each repeat measures the four cases in turn; ``slowdown`` is the case's step time over the step time
 alone of the same repeat (a 1.15 slowdown caps a 2-worker efficiency at 1 / 1.15 = 87 %).
 
-``hepgan-bench interference`` writes ``experiments/bench/interference.json``; ``quick`` runs the tiny
-model, one repeat, a few steps. ``python -m hepgan.bench.interference --out DIR [--repeats R]
-[--per-device-batch B]`` chooses the repeats and batch.
+An investigation of one 2-core VM (README.md beside this script), not part of the package:
+
+    python experiments/cpu_interference/interference.py --out experiments/cpu_interference [--repeats R]
+        [--per-device-batch B] [--quick]
+
+writes ``interference.json`` into ``--out`` (default: this folder); ``--quick`` runs the tiny model, one
+repeat, a few steps.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hepgan.bench.scaling import KEEP_MEMORY, _launch, per_device_batch_or_default
+from vm_knobs import KEEP_MEMORY, malloc_settings  # beside this script
+
+from hepgan.bench.scaling import _launch, per_device_batch_or_default
 
 DRAM_BYTES = 512 * 2**20  # per array: far larger than any last-level cache
 _COPY_LOOP = (
@@ -115,7 +122,6 @@ def run(quick: bool = False, repeats: int = 3, per_device_batch: int | None = No
         "conv_impl": "auto",
         "steps": 3 if quick else 8,
         "warmup": 1 if quick else 2,
-        "glibc_tunables": KEEP_MEMORY,
     }
     llc = last_level_cache_bytes()
     programs = neighbours(llc)
@@ -124,8 +130,8 @@ def run(quick: bool = False, repeats: int = 3, per_device_batch: int | None = No
         alone = None
         for name, code in programs.items():
             # the worker is pinned to the first core it may use (_launch with one worker), the neighbour
-            # to the second
-            with neighbour(code, cores[1]):
+            # to the second; only the worker runs with the malloc settings, as when this was recorded
+            with neighbour(code, cores[1]), malloc_settings(KEEP_MEMORY):
                 r = _launch("xla", 1, batch, **kw)
             alone = r["step_s"] if name == "alone" else alone
             runs.append(
@@ -168,10 +174,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hepgan.bench.interference [--quick] [--out DIR] [--repeats R] [--per-device-batch B]``."""
-    p = argparse.ArgumentParser(prog="hepgan.bench.interference", description=__doc__.split("\n\n")[0])
+    """``python experiments/cpu_interference/interference.py [--quick] [--out DIR] [--repeats R]
+    [--per-device-batch B]``; returns the exit code."""
+    p = argparse.ArgumentParser(prog="interference.py", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="experiments/bench")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--per-device-batch", type=int, default=None)
     a = p.parse_args(argv)

@@ -3,8 +3,9 @@
 Small enough to compile in a second, rich enough to show what the backends differ in: BatchNorm batch
 statistics (global under xla, per device or synchronised under shard_map, per process under mpi),
 per-worker random noise, gradient averaging and the gradient-noise-scale estimators. The same functions
-run in one process (xla, shard_map) and in every process of ``mpirun`` (mpi), see
-``python -m hepgan.parallel.toy``.
+run in one process (xla, shard_map) and in every process of ``mpirun`` (mpi), see :func:`main`.
+Test scaffolding of tests/test_parallel_backends.py and tests/test_parallel_multihost.py, which import it
+and run it as a script (``python tests/parallel_toy.py mpi|dist``) in their subprocesses.
 """
 
 from __future__ import annotations
@@ -202,8 +203,8 @@ def run_distributed(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``mpirun -n N python -m hepgan.parallel.toy mpi --out f.json`` or
-    ``python -m hepgan.parallel.toy dist --coordinator host:port --num-processes N --process-id i ...``;
+    """``mpirun -n N python tests/parallel_toy.py mpi --out f.json`` or
+    ``python tests/parallel_toy.py dist --coordinator host:port --num-processes N --process-id i ...``;
     process 0 writes the result JSON."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("mode", choices=["mpi", "dist"])
