@@ -53,5 +53,14 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/hepgan-bench all --out experiments/bench
 
+# The Keras/TensorFlow peer of `hepgan-bench peers` runs in its own environment: TensorFlow's protobuf
+# and numpy pins would conflict with the package's. The worker needs only TensorFlow and numpy.
+PEERS_VENV ?= .venv-peers
+.PHONY: peers-venv
+peers-venv:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q tensorflow numpy
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

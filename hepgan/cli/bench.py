@@ -1,7 +1,9 @@
 """``hepgan-bench``: run the package's benchmarks and keep their JSON results.
 
 Each benchmark is a module ``hepgan.bench.<name>`` exposing ``run(quick: bool) -> dict``; this entry point
-only dispatches and writes ``<out>/<name>.json``.
+only dispatches and writes ``<out>/<name>.json``. ``peers`` (hepgan against a Keras/TensorFlow peer) has
+options of its own and is not part of ``all``: it needs the optional peer environment (``make
+peers-venv``) and runs for hours; ``hepgan-bench peers --help`` lists them.
 """
 
 from __future__ import annotations
@@ -24,15 +26,25 @@ BENCHMARKS: dict[str, str] = {
     "chaos": "hepgan.bench.chaos",
     "layout": "hepgan.bench.layout",
 }
+# name -> module with a command line of its own (``main(argv) -> exit code``); not part of `all`
+STANDALONE: dict[str, str] = {
+    "peers": "hepgan.bench.peers",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one benchmark or all of them; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STANDALONE:
+        return int(importlib.import_module(STANDALONE[argv[0]]).main(argv[1:]))
     p = argparse.ArgumentParser(prog="hepgan-bench", description=__doc__)
-    p.add_argument("name", choices=[*BENCHMARKS, "all"], help="which benchmark")
+    p.add_argument("name", choices=[*BENCHMARKS, *STANDALONE, "all"], help="which benchmark")
     p.add_argument("--out", default="experiments/bench", help="folder for <name>.json (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = p.parse_args(argv)
+    if args.name in STANDALONE:  # its options came before the name: hand on what this parser knows
+        rest = ["--out", args.out, *(["--quick"] if args.quick else [])]
+        return int(importlib.import_module(STANDALONE[args.name]).main(rest))
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     failed = []
     for name in names:
