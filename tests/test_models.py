@@ -17,7 +17,16 @@ import pytest
 from flax import nnx
 
 from hepgan.models import ModelConfig, build, conv_specs, measured_angle
-from hepgan.models.conv import choose_impl, conv3d, conv3d_fft, conv3d_xla, fft_length
+from hepgan.models.conv import (
+    MULTIPLY_CONTRACTION_MAX,
+    ConvSpec,
+    choose_impl,
+    conv3d,
+    conv3d_fft,
+    conv3d_xla,
+    conv_output_shape,
+    fft_length,
+)
 from hepgan.models.gan3d import Generator3D
 from hepgan.models.layers import avg_pool2, batch_norm, upsample_nearest, zero_pad
 from hepgan.train.state import param_count
@@ -139,7 +148,16 @@ def test_paper_parameter_counts_per_layer(paper: tuple[str, nnx.Module, nnx.Modu
 def test_paper_shapes_and_padding(paper: tuple[str, nnx.Module, nnx.Module]) -> None:
     arch, g, d = paper
     specs = conv_specs(g, d, batch=1)
-    assert {s.name: s.x_shape[1:] for s in specs} == PAPER_CONV_INPUTS[arch]
+
+    def keras_input(s: ConvSpec) -> tuple[int, ...]:
+        # Keras's ZeroPadding3D before a conv is folded into its explicit padding here
+        # and so is UpSampling3D before it
+        up = tuple(f * n for f, n in zip(s.upsample, s.x_shape[1:4], strict=True))
+        if isinstance(s.padding, str):
+            return (*up, s.x_shape[4])
+        return (*(n + lo + hi for n, (lo, hi) in zip(up, s.padding, strict=True)), s.x_shape[4])
+
+    assert {s.name: keras_input(s) for s in specs} == PAPER_CONV_INPUTS[arch]
     same = {s.name for s in specs if s.padding == "same"}
     assert same == ({"G.conv1", "D.conv1"} if arch == "fixed25" else {"D.conv1"})
     z = jax.ShapeDtypeStruct((3, g.latent_dim), jnp.float32)
@@ -164,11 +182,14 @@ def test_keras_conventions_of_paper_layers(paper: tuple[str, nnx.Module, nnx.Mod
 # Keras layer semantics against NumPy
 
 
-def _np_correlate(x: np.ndarray, w: np.ndarray, padding: str) -> np.ndarray:
-    """Direct cross-correlation, Keras/TensorFlow "same" (extra zero after) or "valid", in float64."""
+def _np_correlate(x: np.ndarray, w: np.ndarray, padding: str | tuple) -> np.ndarray:
+    """Direct cross-correlation, Keras/TensorFlow "same" (extra zero after), "valid" or explicit zeros
+    ((lo, hi),) * 3, in float64."""
     k = w.shape[:3]
     if padding == "same":
         x = np.pad(x, [(0, 0)] + [((kk - 1) // 2, kk - 1 - (kk - 1) // 2) for kk in k] + [(0, 0)])
+    elif padding != "valid":
+        x = np.pad(x, [(0, 0), *padding, (0, 0)])
     out = [x.shape[i + 1] - k[i] + 1 for i in range(3)]
     y = np.zeros((x.shape[0], *out, w.shape[-1]))
     for a in range(k[0]):
@@ -187,6 +208,47 @@ def test_conv_matches_numpy_correlation(impl: str, padding: str) -> None:
     w = rng.standard_normal((4, 3, 2, 3, 2)).astype(np.float32)  # even and odd kernel sizes
     got = np.asarray(jax.jit(conv3d, static_argnums=(2, 3))(jnp.asarray(x), jnp.asarray(w), padding, impl))
     np.testing.assert_allclose(got, _np_correlate(x, w, padding), rtol=1e-5, atol=1e-5)
+
+
+# Explicit zeros: asymmetric, more before than after, wider than the kernel (outputs that see only
+# padding), and a kernel longer than input plus either pad; channel products on both sides of
+# MULTIPLY_CONTRACTION_MAX so that both contractions of the FFT path are checked.
+@pytest.mark.parametrize("impl", ["xla", "fft"])
+@pytest.mark.parametrize(
+    "pads, kernel, channels",
+    [
+        (((2, 2), (2, 2), (0, 0)), (6, 5, 8), (3, 2)),
+        (((3, 1), (0, 2), (1, 0)), (4, 3, 2), (9, 8)),
+        (((4, 4), (0, 0), (3, 5)), (2, 3, 2), (2, 40)),
+        (((2, 2), (1, 1), (0, 0)), (8, 4, 3), (1, 1)),
+    ],
+)
+@pytest.mark.parametrize("upsample", [(1, 1, 1), (2, 1, 3), (3, 2, 2)])
+def test_conv_explicit_padding_matches_numpy(
+    impl: str, pads: tuple, kernel: tuple, channels: tuple, upsample: tuple
+) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 5, 6, 9, channels[0])).astype(np.float32)
+    w = rng.standard_normal((*kernel, *channels)).astype(np.float32)
+    assert (channels[0] * channels[1] <= MULTIPLY_CONTRACTION_MAX) == (channels[1] != 40 and channels[0] != 9)
+    conv = jax.jit(conv3d, static_argnums=(2, 3, 4))
+    got = np.asarray(conv(jnp.asarray(x), jnp.asarray(w), pads, impl, upsample))
+    # Keras UpSampling3D: each voxel repeated, independently of the code under test
+    x_up = x.repeat(upsample[0], 1).repeat(upsample[1], 2).repeat(upsample[2], 3)
+    want = _np_correlate(x_up, w, pads)
+    assert got.shape == want.shape == (2, *conv_output_shape(x_up.shape[1:4], kernel, pads), channels[1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("bad", ["full", ((1, 1), (1, 1)), ((1, -1), (0, 0), (0, 0)), ((1,), (0,), (0,))])
+def test_conv_rejects_bad_padding(bad: object) -> None:
+    with pytest.raises(ValueError, match="padding"):
+        conv3d(jnp.zeros((1, 5, 5, 5, 1)), jnp.zeros((2, 2, 2, 1, 1)), bad, "fft")
+    for factors in ((2, 2), (1, 0, 1), "2x"):
+        with pytest.raises(ValueError, match="upsample"):
+            conv3d(jnp.zeros((1, 5, 5, 5, 1)), jnp.zeros((2, 2, 2, 1, 1)), "valid", "fft", factors)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        conv3d(jnp.zeros((1, 2, 5, 5, 1)), jnp.zeros((4, 2, 2, 1, 1)), ((0, 1), (0, 0), (0, 0)), "xla")
 
 
 def test_upsample_pad_pool_match_numpy() -> None:
@@ -244,7 +306,7 @@ def test_fft_equals_xla_on_paper_layer(spec) -> None:
 
         @jax.jit
         def run(x: jax.Array, w: jax.Array):
-            y, vjp = jax.vjp(lambda x, w: f(x, w, spec.padding), x, w)
+            y, vjp = jax.vjp(lambda x, w: f(x, w, spec.padding, spec.upsample), x, w)
             ct = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
             return (y, *vjp(ct))
 

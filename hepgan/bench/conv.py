@@ -31,8 +31,8 @@ def _blocking(fn: Callable[..., Any], *args: Any) -> Any:
     return jax.block_until_ready(fn(*args))
 
 
-def _weighted_sum(x: jax.Array, w: jax.Array, padding: str, impl: str) -> jax.Array:
-    y = conv3d(x, w, padding, impl)
+def _weighted_sum(x: jax.Array, w: jax.Array, padding: Any, impl: str, upsample: Any) -> jax.Array:
+    y = conv3d(x, w, padding, impl, upsample)
     return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape))
 
 
@@ -45,14 +45,20 @@ def _layer_times(spec: Any, repeats: int, seed: int) -> dict[str, Any]:
         "x_shape": list(spec.x_shape),
         "kernel_shape": list(spec.kernel_shape),
         "padding": spec.padding,
-        "auto": choose_impl(spec.x_shape, spec.kernel_shape, spec.padding),
+        "upsample": list(spec.upsample),
+        "auto": choose_impl(spec.x_shape, spec.kernel_shape, spec.padding, upsample=spec.upsample),
     }
     b, k = spec.x_shape, spec.kernel_shape
-    flops = conv_flops(b[0], b[1:4], k[:3], k[3], k[4], spec.padding)
+    flops = conv_flops(b[0], b[1:4], k[:3], k[3], k[4], spec.padding, spec.upsample)
     row.update({f"gflop_{name}": v / 1e9 for name, v in flops.items()})
     for impl in ("xla", "fft"):
-        fwd = jax.jit(partial(conv3d, padding=spec.padding, impl=impl))
-        both = jax.jit(jax.grad(partial(_weighted_sum, padding=spec.padding, impl=impl), argnums=(0, 1)))
+        fwd = jax.jit(partial(conv3d, padding=spec.padding, impl=impl, upsample=spec.upsample))
+        both = jax.jit(
+            jax.grad(
+                partial(_weighted_sum, padding=spec.padding, impl=impl, upsample=spec.upsample),
+                argnums=(0, 1),
+            )
+        )
         row[f"fwd_s_{impl}"] = best_of(partial(_blocking, fwd, x, w), repeats)
         row[f"fwdbwd_s_{impl}"] = best_of(partial(_blocking, both, x, w), repeats)
     row["fwd_ratio_xla_over_fft"] = row["fwd_s_xla"] / row["fwd_s_fft"]

@@ -20,7 +20,7 @@ from flax import nnx
 from hepgan.cells import undo_power
 from hepgan.models.base import Discriminator, Generator, as_batch_vector, name_convs
 from hepgan.models.config import ModelConfig, ResolvedModelConfig
-from hepgan.models.conv import Conv3D
+from hepgan.models.conv import Conv3D, zero_padding
 from hepgan.models.layers import (
     avg_pool2,
     batch_norm,
@@ -28,9 +28,7 @@ from hepgan.models.layers import (
     glorot_uniform,
     he_uniform,
     leaky_relu,
-    upsample_nearest,
     variance_scaling,
-    zero_pad,
 )
 
 GRID = (51, 51, 25)
@@ -97,17 +95,27 @@ class AngleGenerator(Generator):
         n_dense = DENSE_GRID[0] * DENSE_GRID[1] * DENSE_GRID[2] * c0
         self.dense = nnx.Linear(self.latent_dim, n_dense, kernel_init=glorot_uniform, rngs=rngs)
         he = he_uniform
-        self.conv1 = Conv3D(c0, g[0], (6, 6, 8), kernel_init=he, impl=impl, rngs=rngs)
+        self.conv1 = Conv3D(c0, g[0], (6, 6, 8), upsample=(6, 6, 6), kernel_init=he, impl=impl, rngs=rngs)
         self.bn1 = batch_norm(g[0], eps, axis, rngs)
-        self.conv2 = Conv3D(g[0], g[1], (4, 4, 6), kernel_init=he, impl=impl, rngs=rngs)
+        self.conv2 = Conv3D(
+            g[0], g[1], (4, 4, 6), padding=zero_padding((2, 2, 1)), kernel_init=he, impl=impl, rngs=rngs
+        )
         self.bn2 = batch_norm(g[1], eps, axis, rngs)
-        self.conv3 = Conv3D(g[1], g[2], (4, 4, 6), kernel_init=he, impl=impl, rngs=rngs)
+        self.conv3 = Conv3D(
+            g[1], g[2], (4, 4, 6), padding=zero_padding((2, 2, 1)), kernel_init=he, impl=impl, rngs=rngs
+        )
         self.bn3 = batch_norm(g[2], eps, axis, rngs)
-        self.conv4 = Conv3D(g[2], g[3], (4, 4, 6), kernel_init=he, impl=impl, rngs=rngs)
+        self.conv4 = Conv3D(
+            g[2], g[3], (4, 4, 6), padding=zero_padding((2, 2, 1)), kernel_init=he, impl=impl, rngs=rngs
+        )
         self.bn4 = batch_norm(g[3], eps, axis, rngs)
-        self.conv5 = Conv3D(g[3], g[4], (3, 3, 5), kernel_init=he, impl=impl, rngs=rngs)
+        self.conv5 = Conv3D(
+            g[3], g[4], (3, 3, 5), padding=zero_padding((1, 1, 0)), kernel_init=he, impl=impl, rngs=rngs
+        )
         self.bn5 = batch_norm(g[4], eps, axis, rngs)
-        self.conv6 = Conv3D(g[4], g[5], (3, 3, 3), kernel_init=he, impl=impl, rngs=rngs)
+        self.conv6 = Conv3D(
+            g[4], g[5], (3, 3, 3), padding=zero_padding((1, 1, 0)), kernel_init=he, impl=impl, rngs=rngs
+        )
         self.conv7 = Conv3D(g[5], 1, (2, 2, 2), kernel_init=glorot_normal, impl=impl, rngs=rngs)
         name_convs(self)
 
@@ -127,13 +135,12 @@ class AngleGenerator(Generator):
         """``z: [B, latent_dim]`` -> showers ``[B, 51, 51, 25]`` (preprocessed units, >= 0)."""
         self.check_latent(z)
         x = self.dense(z).reshape(z.shape[0], *DENSE_GRID, -1)  # [B, 9, 9, 8, c]
-        x = upsample_nearest(x, (6, 6, 6))  # [B, 54, 54, 48, c]
-        x = self.bn1(jax.nn.relu(self.conv1(x)))  # [B, 49, 49, 41, g0]
-        x = self.bn2(jax.nn.relu(self.conv2(zero_pad(x, (2, 2, 1)))))  # [B, 50, 50, 38, g1]
-        x = self.bn3(jax.nn.relu(self.conv3(zero_pad(x, (2, 2, 1)))))  # [B, 51, 51, 35, g2]
-        x = self.bn4(jax.nn.relu(self.conv4(zero_pad(x, (2, 2, 1)))))  # [B, 52, 52, 32, g3]
-        x = self.bn5(jax.nn.relu(self.conv5(zero_pad(x, (1, 1, 0)))))  # [B, 52, 52, 28, g4]
-        x = jax.nn.relu(self.conv6(zero_pad(x, (1, 1, 0))))  # [B, 52, 52, 26, g5]
+        x = self.bn1(jax.nn.relu(self.conv1(x)))  # UpSampling 6 -> [B, 54, 54, 48, c] -> [B, 49, 49, 41, g0]
+        x = self.bn2(jax.nn.relu(self.conv2(x)))  # ZeroPad (2, 2, 1) -> [B, 50, 50, 38, g1]
+        x = self.bn3(jax.nn.relu(self.conv3(x)))  # ZeroPad (2, 2, 1) -> [B, 51, 51, 35, g2]
+        x = self.bn4(jax.nn.relu(self.conv4(x)))  # ZeroPad (2, 2, 1) -> [B, 52, 52, 32, g3]
+        x = self.bn5(jax.nn.relu(self.conv5(x)))  # ZeroPad (1, 1, 0) -> [B, 52, 52, 28, g4]
+        x = jax.nn.relu(self.conv6(x))  # ZeroPad (1, 1, 0) -> [B, 52, 52, 26, g5]
         x = jax.nn.relu(self.conv7(x))  # [B, 51, 51, 25, 1]
         return x[..., 0]
 
@@ -153,7 +160,8 @@ class AngleDiscriminator(Discriminator):
         cfg = cfg.resolve()
         self.cfg = cfg
         self.grid = GRID
-        self.build_trunk((5, 6, 6), variance_scaling, D_POOLED, rngs)
+        # ZeroPadding3D (0, 0, 1) before conv2 and conv3, none before conv4
+        self.build_trunk((5, 6, 6), variance_scaling, D_POOLED, ((0, 0, 1), (0, 0, 1), (0, 0, 0)), rngs)
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         """``x: [B, 51, 51, 25]`` preprocessed cells -> ``[B]`` each: ``logit``, ``energy`` (E/100),
@@ -161,9 +169,9 @@ class AngleDiscriminator(Discriminator):
         self.check_input(x)
         h = x[..., None]
         h = self.dropout(leaky_relu(self.conv1(h)))  # [B, 51, 51, 25, d0]
-        h = self.block(self.conv2, self.bn2, h, (0, 0, 1))  # 47,46,22
-        h = self.block(self.conv3, self.bn3, h, (0, 0, 1))  # 43,41,19
-        h = self.block(self.conv4, self.bn4, h, (0, 0, 0))  # [B, 39, 36, 14, d3]
+        h = self.block(self.conv2, self.bn2, h)  # ZeroPad (0, 0, 1) -> 47,46,22
+        h = self.block(self.conv3, self.bn3, h)  # ZeroPad (0, 0, 1) -> 43,41,19
+        h = self.block(self.conv4, self.bn4, h)  # [B, 39, 36, 14, d3]
         h = avg_pool2(h).reshape(x.shape[0], -1)  # [B, 19*18*7*d3]
         linear = undo_power(x, self.cfg.cell_power)
         cell_mm, layer_mm = self.cfg.cell_size_mm, self.cfg.layer_thickness_mm

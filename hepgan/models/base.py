@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hepgan.models.config import ResolvedModelConfig
-from hepgan.models.conv import Conv3D, ConvSpec, Initializer, record_convs
-from hepgan.models.layers import batch_norm, leaky_relu, zero_pad
+from hepgan.models.conv import Conv3D, ConvSpec, Initializer, record_convs, zero_padding
+from hepgan.models.layers import batch_norm, leaky_relu
 
 
 def name_convs(module: nnx.Module) -> None:
@@ -72,21 +72,24 @@ class Discriminator(nnx.Module):
         kernel: tuple[int, int, int],
         kernel_init: Initializer,
         pooled: tuple[int, int, int],
+        pads: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]],
         rngs: nnx.Rngs,
     ) -> None:
         """The layers both 3DGAN discriminators share, named as in the Keras models: ``conv1`` ("same"),
         ``conv2``-``conv4`` ("valid") with ``bn2``-``bn4``, one ``dropout`` (no parameters, so one module
         serves the four Keras Dropout layers) and the Dense heads ``head_logit``, ``head_energy`` on the
-        flattened ``[*pooled, d3]`` features. ``kernel_init`` initialises the convolutions and the heads."""
+        flattened ``[*pooled, d3]`` features. ``kernel_init`` initialises the convolutions and the heads.
+        ``pads``: the Keras ZeroPadding3D before ``conv2``-``conv4``, folded into those convolutions."""
         cfg = self.cfg
         d0, d1, d2, d3 = cfg.d_channels
         eps, axis, impl = cfg.bn_epsilon, cfg.bn_axis_name, cfg.conv_impl
         self.conv1 = Conv3D(1, d0, kernel, padding="same", kernel_init=kernel_init, impl=impl, rngs=rngs)
-        self.conv2 = Conv3D(d0, d1, kernel, kernel_init=kernel_init, impl=impl, rngs=rngs)
+        p2, p3, p4 = (zero_padding(p) for p in pads)
+        self.conv2 = Conv3D(d0, d1, kernel, padding=p2, kernel_init=kernel_init, impl=impl, rngs=rngs)
         self.bn2 = batch_norm(d1, eps, axis, rngs)
-        self.conv3 = Conv3D(d1, d2, kernel, kernel_init=kernel_init, impl=impl, rngs=rngs)
+        self.conv3 = Conv3D(d1, d2, kernel, padding=p3, kernel_init=kernel_init, impl=impl, rngs=rngs)
         self.bn3 = batch_norm(d2, eps, axis, rngs)
-        self.conv4 = Conv3D(d2, d3, kernel, kernel_init=kernel_init, impl=impl, rngs=rngs)
+        self.conv4 = Conv3D(d2, d3, kernel, padding=p4, kernel_init=kernel_init, impl=impl, rngs=rngs)
         self.bn4 = batch_norm(d3, eps, axis, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         n_flat = pooled[0] * pooled[1] * pooled[2] * d3
@@ -94,11 +97,9 @@ class Discriminator(nnx.Module):
         self.head_energy = nnx.Linear(n_flat, 1, kernel_init=kernel_init, rngs=rngs)
         name_convs(self)
 
-    def block(self, conv: Conv3D, bn: nnx.BatchNorm, h: jax.Array, pad: tuple[int, int, int]) -> jax.Array:
-        """One hidden layer: ZeroPad(``pad``) -> ``conv`` -> LeakyReLU -> ``bn`` -> Dropout.
+    def block(self, conv: Conv3D, bn: nnx.BatchNorm, h: jax.Array) -> jax.Array:
+        """One hidden layer: ZeroPad (in ``conv``'s padding) -> ``conv`` -> LeakyReLU -> ``bn`` -> Dropout.
         ``h: [B, X, Y, Z, C]``."""
-        if any(pad):
-            h = zero_pad(h, pad)
         return self.dropout(self.batch_norm(bn, leaky_relu(conv(h))))
 
     def batch_norm(self, bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:

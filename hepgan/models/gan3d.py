@@ -15,7 +15,7 @@ from flax import nnx
 from hepgan.cells import undo_power
 from hepgan.models.base import Discriminator, Generator, as_batch_vector, name_convs
 from hepgan.models.config import ModelConfig, ResolvedModelConfig
-from hepgan.models.conv import Conv3D
+from hepgan.models.conv import Conv3D, zero_padding
 from hepgan.models.layers import (
     avg_pool2,
     batch_norm,
@@ -23,8 +23,6 @@ from hepgan.models.layers import (
     glorot_uniform,
     he_uniform,
     leaky_relu,
-    upsample_nearest,
-    zero_pad,
 )
 
 GRID = (25, 25, 25)
@@ -51,9 +49,15 @@ class Generator3D(Generator):
         self.dense = nnx.Linear(self.latent_dim, n_dense, kernel_init=glorot_uniform, rngs=rngs)
         self.conv1 = Conv3D(c0, g0, (6, 6, 8), padding="same", kernel_init=he_uniform, impl=impl, rngs=rngs)
         self.bn1 = batch_norm(g0, eps, axis, rngs)
-        self.conv2 = Conv3D(g0, g1, (6, 5, 8), kernel_init=he_uniform, impl=impl, rngs=rngs)
+        # The Keras UpSampling3D and ZeroPadding3D before conv2 and conv3 are part of those convolutions
+        pad2, pad3 = zero_padding((2, 2, 0)), zero_padding((1, 0, 3))
+        self.conv2 = Conv3D(
+            g0, g1, (6, 5, 8), padding=pad2, upsample=(2, 2, 2), kernel_init=he_uniform, impl=impl, rngs=rngs
+        )
         self.bn2 = batch_norm(g1, eps, axis, rngs)
-        self.conv3 = Conv3D(g1, g2, (3, 3, 8), kernel_init=he_uniform, impl=impl, rngs=rngs)
+        self.conv3 = Conv3D(
+            g1, g2, (3, 3, 8), padding=pad3, upsample=(2, 2, 3), kernel_init=he_uniform, impl=impl, rngs=rngs
+        )
         self.conv4 = Conv3D(g2, 1, (2, 2, 2), use_bias=False, kernel_init=glorot_normal, impl=impl, rngs=rngs)
         name_convs(self)
 
@@ -76,10 +80,10 @@ class Generator3D(Generator):
         self.check_latent(z)
         x = self.dense(z).reshape(z.shape[0], *DENSE_GRID, -1)  # [B, 7, 7, 8, c]
         x = self.bn1(leaky_relu(self.conv1(x)))  # [B, 7, 7, 8, g0]
-        x = zero_pad(upsample_nearest(x, (2, 2, 2)), (2, 2, 0))  # [B, 18, 18, 16, g0]
-        x = self.bn2(leaky_relu(self.conv2(x)))  # [B, 13, 14, 9, g1]
-        x = zero_pad(upsample_nearest(x, (2, 2, 3)), (1, 0, 3))  # [B, 28, 28, 33, g1]
-        x = leaky_relu(self.conv3(x))  # [B, 26, 26, 26, g2]
+        x = self.bn2(
+            leaky_relu(self.conv2(x))
+        )  # UpSampling (2, 2, 2), ZeroPad (2, 2, 0) -> [B, 13, 14, 9, g1]
+        x = leaky_relu(self.conv3(x))  # UpSampling (2, 2, 3), ZeroPad (1, 0, 3) -> [B, 26, 26, 26, g2]
         x = jax.nn.relu(self.conv4(x))  # [B, 25, 25, 25, 1]
         return x[..., 0]
 
@@ -100,7 +104,8 @@ class Discriminator3D(Discriminator):
         cfg = cfg.resolve()
         self.cfg = cfg
         self.grid = GRID
-        self.build_trunk((5, 5, 5), glorot_uniform, D_POOLED, rngs)  # Keras default initialiser
+        # Keras default initialiser; ZeroPadding3D 2, 2, 1 before conv2-conv4
+        self.build_trunk((5, 5, 5), glorot_uniform, D_POOLED, ((2, 2, 2), (2, 2, 2), (1, 1, 1)), rngs)
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         """``x: [B, 25, 25, 25]`` preprocessed cells -> ``[B]`` each: ``logit``, ``energy`` (E/100),
@@ -108,9 +113,9 @@ class Discriminator3D(Discriminator):
         self.check_input(x)
         h = x[..., None]
         h = self.dropout(leaky_relu(self.conv1(h)))  # [B, 25, 25, 25, d0]
-        h = self.block(self.conv2, self.bn2, h, (2, 2, 2))  # 25^3
-        h = self.block(self.conv3, self.bn3, h, (2, 2, 2))  # 25^3
-        h = self.block(self.conv4, self.bn4, h, (1, 1, 1))  # 23^3
+        h = self.block(self.conv2, self.bn2, h)  # ZeroPad 2 -> 25^3
+        h = self.block(self.conv3, self.bn3, h)  # ZeroPad 2 -> 25^3
+        h = self.block(self.conv4, self.bn4, h)  # ZeroPad 1 -> 23^3
         h = avg_pool2(h).reshape(x.shape[0], -1)  # [B, 11*11*11*d3]
         return {
             "logit": self.head_logit(h)[:, 0],

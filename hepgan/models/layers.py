@@ -12,6 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# Keras UpSampling3D lives with the convolution that folds it in; re-exported here with the other layers.
+from hepgan.models.conv import upsample_nearest as upsample_nearest
+
 # Keras `LeakyReLU()` default alpha (Flax/JAX default is 0.01).
 LEAKY_SLOPE = 0.3
 # Keras BatchNormalization: moving = momentum * moving + (1 - momentum) * batch. Flax's nnx.BatchNorm
@@ -35,15 +38,6 @@ variance_scaling = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncate
 def leaky_relu(x: jax.Array) -> jax.Array:
     """Keras ``LeakyReLU()``: slope 0.3 for negative inputs."""
     return jax.nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
-
-
-def upsample_nearest(x: jax.Array, factors: Sequence[int]) -> jax.Array:
-    """Keras ``UpSampling3D(size)``: repeat each voxel ``factors`` times per spatial axis.
-    ``x: [B, X, Y, Z, C]`` -> ``[B, fx X, fy Y, fz Z, C]``."""
-    for axis, f in zip((1, 2, 3), factors, strict=True):
-        if f != 1:
-            x = jnp.repeat(x, f, axis=axis)
-    return x
 
 
 def zero_pad(x: jax.Array, pads: Sequence[int]) -> jax.Array:
