@@ -19,6 +19,7 @@ from flax import nnx
 from hepgan.models import ModelConfig, build, conv_specs, measured_angle
 from hepgan.models.conv import (
     MULTIPLY_CONTRACTION_MAX,
+    Conv3D,
     ConvSpec,
     choose_impl,
     conv3d,
@@ -530,3 +531,23 @@ def test_train_eval_modes_of_discriminator(tiny) -> None:
         d.train()
     # dropout active in training mode
     assert not np.array_equal(_disc_call(d, x)["logit"], _disc_call(d, x)["logit"])
+
+
+@pytest.mark.parametrize("impl", ["fft", "xla"])
+def test_sampling_with_precomputed_kernel_spectra_matches(impl: str) -> None:
+    """A generator's kernel transforms computed once (sampling with fixed weights) give the showers of the
+    plain call; only FFT-path layers get one, and a spectrum of the wrong shape is refused."""
+    g, _ = build(ModelConfig(arch="fixed25", size="tiny", conv_impl=impl), nnx.Rngs(3))
+    g.eval()
+    spectra = g.kernel_spectra(TINY_BATCH)
+    n_convs = sum(isinstance(m, Conv3D) for _, m in nnx.iter_graph(g))
+    assert len(spectra) == (n_convs if impl == "fft" else 0)
+    key, e = jax.random.key(1), jnp.linspace(10.0, 500.0, TINY_BATCH)
+    sample = nnx.jit(lambda g, sp: g.sample(key, e, None, sp))
+    plain, cached = np.asarray(sample(g, None)), np.asarray(sample(g, spectra))
+    assert plain.shape == (TINY_BATCH, 25, 25, 25) and np.abs(plain).max() > 0
+    np.testing.assert_allclose(cached, plain, rtol=0, atol=1e-5 * np.abs(plain).max())
+    if impl == "fft":
+        wrong = {**spectra, "conv2": spectra["conv1"]}
+        with pytest.raises(ValueError, match="kernel spectrum"):
+            g.sample(key, e, None, wrong)

@@ -188,21 +188,31 @@ class Bench:
         energy = rng.uniform(lo, hi, local).astype("float32")
         theta = rng.uniform(*THETA_RAD, local).astype("float32")
 
-        def sample(params: Any, batch_stats: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:
-            g: Any = players.g.module(params, batch_stats, jax.random.key(0))  # eval: running statistics
-            return g(g.latent(key, e, th))
+        def sample(
+            params: Any, bs: Any, spectra: Any, key: jax.Array, e: jax.Array, th: jax.Array
+        ) -> jax.Array:
+            g: Any = players.g.module(params, bs, jax.random.key(0))  # eval: running statistics
+            return g.sample(key, e, th, spectra)
+
+        # Sampling with fixed weights: the kernels are transformed once, as hepgan's own sampling does
+        s = self.state
+        spectra = players.g.module(s.ema_g_params, s.g.batch_stats, jax.random.key(0)).kernel_spectra(
+            local // par.workers if par.backend == "shard_map" else local
+        )
 
         key = jax.random.key(par.process_index)
         if par.backend == "shard_map":
 
-            def per_device(params: Any, bs: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:
-                return sample(params, bs, jax.random.fold_in(key, jax.lax.axis_index(AXIS)), e, th)
+            def per_device(
+                params: Any, bs: Any, sp: Any, key: jax.Array, e: jax.Array, th: jax.Array
+            ) -> jax.Array:
+                return sample(params, bs, sp, jax.random.fold_in(key, jax.lax.axis_index(AXIS)), e, th)
 
             fn = jax.jit(
                 jax.shard_map(
                     per_device,
                     mesh=par.mesh,
-                    in_specs=(P(), P(), P(), P(AXIS), P(AXIS)),
+                    in_specs=(P(), P(), P(), P(), P(AXIS), P(AXIS)),
                     out_specs=P(AXIS),
                 )
             )
@@ -214,7 +224,7 @@ class Bench:
 
         def call() -> Any:
             s = self.state
-            return fn(s.ema_g_params, s.g.batch_stats, key, e, th)
+            return fn(s.ema_g_params, s.g.batch_stats, spectra, key, e, th)
 
         return call
 

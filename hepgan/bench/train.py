@@ -91,12 +91,13 @@ def train_case(arch: str, impl: str, batch: int, model_flops: float | None) -> d
     g = players.generator(holder["state"], ema=True)
 
     @nnx.jit
-    def sample(g: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:
-        return g(g.latent(key, e, th))
+    def sample(g: Any, spectra: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:
+        return g.sample(key, e, th, spectra)
 
-    key = jax.random.key(0)
+    key, spectra = jax.random.key(0), g.kernel_spectra(batch)
     gen_s = best_of(
-        lambda: sample(g, key, batch_d["energy"] * 100, batch_d["theta"]).block_until_ready(), repeats=3
+        lambda: sample(g, spectra, key, batch_d["energy"] * 100, batch_d["theta"]).block_until_ready(),
+        repeats=3,
     )
     return {
         "arch": arch,

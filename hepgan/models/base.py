@@ -12,7 +12,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hepgan.models.config import ResolvedModelConfig
-from hepgan.models.conv import Conv3D, ConvSpec, Initializer, record_convs, zero_padding
+from hepgan.models.conv import (
+    Conv3D,
+    ConvSpec,
+    Initializer,
+    kernel_spectra,
+    record_convs,
+    use_kernel_spectra,
+    zero_padding,
+)
 from hepgan.models.layers import batch_norm, leaky_relu
 
 
@@ -42,6 +50,26 @@ class Generator(nnx.Module):
     def latent(self, key: jax.Array, energy: jax.Array, theta: jax.Array | None = None) -> jax.Array:
         """Conditioned latent vectors ``[B, latent_dim]`` from ``energy: [B] GeV`` and ``theta: [B] rad``."""
         raise NotImplementedError
+
+    def kernel_spectra(self, batch: int) -> dict[str, jax.Array]:
+        """The FFT-path convolutions' kernel transforms for latent batches of ``batch`` (see
+        ``hepgan.models.conv.kernel_spectra``), computed once for sampling with fixed weights: pass them
+        to ``sample``. They belong to these weights: recompute after any update."""
+        z = jax.ShapeDtypeStruct((batch, self.latent_dim), jnp.float32)
+        return nnx.jit(lambda g: kernel_spectra(g, z))(self)
+
+    def sample(
+        self,
+        key: jax.Array,
+        energy: jax.Array,
+        theta: jax.Array | None = None,
+        spectra: dict[str, jax.Array] | None = None,
+    ) -> jax.Array:
+        """Showers ``[B, X, Y, Z]`` (preprocessed units) at ``energy: [B] GeV``, ``theta: [B] rad``,
+        noise from ``key``; ``spectra`` from ``kernel_spectra(B)`` saves the kernel transforms (equal
+        results within float32 rounding: about 1e-6 of the largest cell)."""
+        with use_kernel_spectra(spectra or {}):
+            return self(self.latent(key, energy, theta))
 
     def check_latent(self, z: jax.Array) -> None:
         """``ValueError`` unless ``z`` is ``[B, latent_dim]``."""

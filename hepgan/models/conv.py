@@ -191,8 +191,31 @@ def _upsampled_spectrum(xc: jax.Array, factors: Sequence[int], lengths: Sequence
     return xs * jnp.asarray(box.reshape((1,) * (xc.ndim - 3) + box.shape), jnp.complex64)
 
 
+def kernel_spectrum(
+    w: jax.Array, spatial: Sequence[int], padding: Padding, upsample: Sequence[int] = (1, 1, 1)
+) -> jax.Array:
+    """``conj(rfftn(w'))`` of ``conv3d_fft`` for an input of ``spatial`` shape (before ``upsample``):
+    ``w: [kx, ky, kz, Cin, Cout]`` -> complex64 ``[Cin, Co, Lx, Ly, Lz/2+1]`` with ``L = fft_lengths``.
+
+    Depends on the weights and shapes only, so a generator whose weights do not change (sampling) can
+    compute it once (``use_kernel_spectra``) instead of in every call."""
+    kernel = tuple(int(k) for k in w.shape[:3])
+    pads = resolve_padding(kernel, padding)
+    lengths = fft_lengths(spatial, kernel, pads, check_upsample(upsample))
+    axes = (2, 3, 4)
+    wt = jnp.transpose(w, (3, 4, 0, 1, 2))  # [Ci, Co, kx, ky, kz]
+    wt = jnp.pad(wt, ((0, 0), (0, 0), *((0, n - k) for n, k in zip(lengths, kernel, strict=True))))
+    if any(lo for lo, _ in pads):
+        wt = jnp.roll(wt, tuple(-lo for lo, _ in pads), axis=axes)
+    return jnp.conj(jnp.fft.rfftn(wt, axes=axes))
+
+
 def conv3d_fft(
-    x: jax.Array, w: jax.Array, padding: Padding, upsample: Sequence[int] = (1, 1, 1)
+    x: jax.Array,
+    w: jax.Array,
+    padding: Padding,
+    upsample: Sequence[int] = (1, 1, 1),
+    spectrum: jax.Array | None = None,
 ) -> jax.Array:
     """The same result as ``conv3d_xla`` computed with real FFTs over the three spatial axes.
 
@@ -213,7 +236,8 @@ def conv3d_fft(
 
     The channel contraction ``sum_i X[b, i, f] conj(W)[i, o, f]`` is a batched complex matmul over the
     frequencies, or, for at most ``MULTIPLY_CONTRACTION_MAX`` channel pairs, a fused multiply-and-sum.
-    Shapes as in ``conv3d_xla``; float32 in and out (complex64 inside).
+    Shapes as in ``conv3d_xla``; float32 in and out (complex64 inside). ``spectrum``: the kernel's
+    ``kernel_spectrum`` if already computed (``w`` then only gives the shapes).
     """
     factors = check_upsample(upsample)
     up = tuple(f * int(n) for f, n in zip(factors, x.shape[1:4], strict=True))
@@ -229,11 +253,9 @@ def conv3d_fft(
         xf = jnp.fft.rfftn(xc, s=lengths, axes=axes)  # [B, Ci, Lx, Ly, Lz/2+1]
     else:
         xf = _upsampled_spectrum(xc, factors, lengths)
-    wt = jnp.transpose(w, (3, 4, 0, 1, 2))  # [Ci, Co, kx, ky, kz]
-    wt = jnp.pad(wt, ((0, 0), (0, 0), *((0, n - k) for n, k in zip(lengths, kernel, strict=True))))
-    if any(lo for lo, _ in pads):
-        wt = jnp.roll(wt, tuple(-lo for lo, _ in pads), axis=axes)
-    wf = jnp.conj(jnp.fft.rfftn(wt, axes=axes))  # [Ci, Co, Lx, Ly, Lz/2+1]
+    wf = kernel_spectrum(w, x.shape[1:4], pads, factors) if spectrum is None else spectrum
+    if wf.shape != (cin, cout, lengths[0], lengths[1], lengths[2] // 2 + 1):
+        raise ValueError(f"conv3d_fft: kernel spectrum of shape {wf.shape} does not fit lengths {lengths}")
     if cin * cout <= MULTIPLY_CONTRACTION_MAX:
         yf = jnp.sum(xf[:, :, None] * wf[None], axis=1)
     else:
@@ -330,6 +352,7 @@ class ConvSpec(NamedTuple):
 
 
 _RECORDING: list[list[ConvSpec]] = []
+_SPECTRA: list[dict[str, jax.Array]] = []
 
 
 @contextlib.contextmanager
@@ -340,6 +363,35 @@ def record_convs() -> Iterator[list[ConvSpec]]:
         yield _RECORDING[-1]
     finally:
         _RECORDING.pop()
+
+
+@contextlib.contextmanager
+def use_kernel_spectra(spectra: dict[str, jax.Array]) -> Iterator[None]:
+    """Inside the ``with`` block (traced or not), every FFT-path ``Conv3D`` named in ``spectra`` uses
+    that precomputed ``kernel_spectrum`` instead of transforming its kernel (see ``kernel_spectra``)."""
+    _SPECTRA.append(spectra)
+    try:
+        yield
+    finally:
+        _SPECTRA.pop()
+
+
+def kernel_spectra(model: nnx.Module, x: jax.Array | jax.ShapeDtypeStruct) -> dict[str, jax.Array]:
+    """``{layer name: kernel_spectrum}`` of every ``Conv3D`` of ``model`` that takes the FFT path when
+    ``model`` is called on ``x`` (e.g. a latent batch ``[B, latent_dim]``). Found by an abstract call
+    (nothing computed but the spectra); for sampling with fixed weights:
+    ``with use_kernel_spectra(kernel_spectra(g, z)): g(z)``."""
+    with record_convs() as specs:
+        nnx.eval_shape(lambda m, a: m(a), model, x)
+    convs = {m.name: m for _, m in nnx.iter_graph(model) if isinstance(m, Conv3D)}
+    out: dict[str, jax.Array] = {}
+    for s in specs:
+        impl = convs[s.name].impl
+        if impl == "auto":
+            impl = choose_impl(s.x_shape, s.kernel_shape, s.padding, upsample=s.upsample)
+        if impl == "fft":
+            out[s.name] = kernel_spectrum(convs[s.name].kernel[...], s.x_shape[1:4], s.padding, s.upsample)
+    return out
 
 
 class Conv3D(nnx.Module):
@@ -392,7 +444,11 @@ class Conv3D(nnx.Module):
                     self.upsample,
                 )
             )
-        y = conv3d(x, self.kernel[...], self.padding, self.impl, self.upsample)
+        spectrum = _SPECTRA[-1].get(self.name) if _SPECTRA else None
+        if spectrum is not None:
+            y = conv3d_fft(x, self.kernel[...], self.padding, self.upsample, spectrum)
+        else:
+            y = conv3d(x, self.kernel[...], self.padding, self.impl, self.upsample)
         if self.bias is not None:
             y = y + self.bias[...].reshape(1, 1, 1, 1, -1)
         return y

@@ -236,14 +236,15 @@ def generate(
         g = players.generator(state, ema=ema)
 
     @nnx.jit
-    def sample(g: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:
-        return g(g.latent(key, e, th))
+    def sample(g: Any, spectra: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:
+        return g.sample(key, e, th, spectra)
 
+    spectra = cast(Any, g).kernel_spectra(batch)  # the weights are fixed: transform the kernels once
     out = []
     n = len(energy)
     for i, start in enumerate(range(0, n, batch)):
         e = np.resize(energy[start : start + batch], batch).astype(np.float32)
         th = np.resize(theta[start : start + batch], batch).astype(np.float32)
-        x = sample(g, jax.random.fold_in(jax.random.key(seed), i), jnp.asarray(e), jnp.asarray(th))
+        x = sample(g, spectra, jax.random.fold_in(jax.random.key(seed), i), jnp.asarray(e), jnp.asarray(th))
         out.append(np.asarray(x)[: min(batch, n - start)])
     return np.concatenate(out)
