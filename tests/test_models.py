@@ -29,7 +29,7 @@ from hepgan.models.conv import (
     fft_length,
 )
 from hepgan.models.gan3d import Generator3D
-from hepgan.models.layers import avg_pool2, batch_norm, upsample_nearest, zero_pad
+from hepgan.models.layers import Dropout, avg_pool2, batch_norm, hash_bits, upsample_nearest, zero_pad
 from hepgan.train.state import param_count
 
 # ---------------------------------------------------------------------------------------------------
@@ -551,3 +551,36 @@ def test_sampling_with_precomputed_kernel_spectra_matches(impl: str) -> None:
         wrong = {**spectra, "conv2": spectra["conv1"]}
         with pytest.raises(ValueError, match="kernel spectrum"):
             g.sample(key, e, None, wrong)
+
+
+def test_hash_dropout_is_a_bernoulli_mask_of_the_rate() -> None:
+    """The hash mask keeps 1 - rate of the elements (binomial 5-sigma band), rescales them, shows no
+    correlation between neighbours or between two keys, repeats for the same key, and is the identity in
+    eval mode; "threefry" is nnx.Dropout's mask."""
+    x = jnp.ones((8, 25, 25, 25, 4), jnp.float32)
+    n = x.size
+    for rate in (0.2, 0.5):
+        drop = Dropout(rate, rngs=nnx.Rngs(dropout=7))
+        a, b = np.asarray(drop(x)), np.asarray(drop(x))  # two calls: two keys from the stream
+        keep = 1.0 - rate
+        assert set(np.unique(a)) == {0.0, np.float32(1.0 / keep)}
+        kept = (a > 0).astype(np.float64)
+        assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * rate / n)
+        flat = kept.ravel() - keep
+        for lag in (1, 4, 25, 625):  # neighbours along every axis of the flat index
+            corr = np.mean(flat[:-lag] * flat[lag:]) / (keep * rate)
+            assert abs(corr) < 5 / np.sqrt(n), (rate, lag, corr)
+        other = (b > 0).astype(np.float64).ravel() - keep
+        assert abs(np.mean(flat * other) / (keep * rate)) < 5 / np.sqrt(n)
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(hash_bits(key, (5, 7)), hash_bits(key, (5, 7)))
+    assert not np.array_equal(hash_bits(key, (5, 7)), hash_bits(jax.random.key(4), (5, 7)))
+    drop.eval()
+    np.testing.assert_array_equal(drop(x), x)
+    ref = nnx.Dropout(0.2, rngs=nnx.Rngs(dropout=7))
+    mine = Dropout(0.2, rng="threefry", rngs=nnx.Rngs(dropout=7))
+    np.testing.assert_array_equal(mine(x), ref(x))
+    with pytest.raises(ValueError, match="dropout_rng"):
+        Dropout(0.2, rng="philox", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="dropout_rng"):
+        ModelConfig(dropout_rng="philox").resolve()

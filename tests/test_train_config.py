@@ -159,6 +159,8 @@ def test_manifests_of_the_earlier_layout_upgrade_to_the_same_run():
     )
     assert (conf.scaling.rule, conf.scaling.ref_batch, conf.scaling.decay) == ("none", 128, "cosine")
     assert conf.model.size == old["model"]["size"] and conf.train.batch_size == old["train"]["batch_size"]
+    # made before the hash dropout: its masks were Threefry's
+    assert "dropout_rng" not in old["model"] and conf.model.dropout_rng == "threefry"
     # the large-batch optimizer moved from scaling to optim
     lamb = {**old, "scaling": {**old["scaling"], "rule": "sqrt", "optimizer": "lamb", "weight_decay": 0.01}}
     conf = to_config(upgrade(lamb))
@@ -166,3 +168,20 @@ def test_manifests_of_the_earlier_layout_upgrade_to_the_same_run():
     # today's layout passes unchanged
     today = to_dict(conf)
     assert upgrade(today) == today
+
+
+def test_resuming_a_folder_made_before_the_hash_dropout_names_the_setting(tmp_path):
+    """A run folder whose manifest predates ``model.dropout_rng`` resumes only with the masks it was
+    trained with: today's default is refused naming the field, ``model.dropout_rng=threefry`` accepted."""
+    import json
+    from pathlib import Path
+
+    from hepgan.train.loop import _check_same_run
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "recipe" / "run" / "manifest.json"
+    old = json.loads(path.read_text())["config"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": old}))
+    new = {**old, "model": {**old["model"], "dropout_rng": "hash"}}  # today's default, all else equal
+    with pytest.raises(ValueError, match=r"model\.dropout_rng: folder 'threefry', config 'hash'"):
+        _check_same_run(tmp_path, new)
+    _check_same_run(tmp_path, {**new, "model": {**new["model"], "dropout_rng": "threefry"}})

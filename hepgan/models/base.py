@@ -21,7 +21,7 @@ from hepgan.models.conv import (
     use_kernel_spectra,
     zero_padding,
 )
-from hepgan.models.layers import batch_norm, leaky_relu
+from hepgan.models.layers import Dropout, batch_norm, leaky_relu
 
 
 def name_convs(module: nnx.Module) -> None:
@@ -119,7 +119,7 @@ class Discriminator(nnx.Module):
         self.bn3 = batch_norm(d2, eps, axis, rngs)
         self.conv4 = Conv3D(d2, d3, kernel, padding=p4, kernel_init=kernel_init, impl=impl, rngs=rngs)
         self.bn4 = batch_norm(d3, eps, axis, rngs)
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.dropout = Dropout(cfg.dropout, rng=cfg.dropout_rng, rngs=rngs)
         n_flat = pooled[0] * pooled[1] * pooled[2] * d3
         self.head_logit = nnx.Linear(n_flat, 1, kernel_init=kernel_init, rngs=rngs)
         self.head_energy = nnx.Linear(n_flat, 1, kernel_init=kernel_init, rngs=rngs)

@@ -53,6 +53,10 @@ ARCH_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+DROPOUT_RNGS = ("hash", "threefry")
+"""Mask generators of :class:`hepgan.models.layers.Dropout` (``ModelConfig.dropout_rng``)."""
+
+
 @dataclass
 class ModelConfig:
     """Which GAN to build. Fields left ``None`` take the (arch, size) preset / the paper's value.
@@ -69,6 +73,9 @@ class ModelConfig:
       "product_and_value": the same vector with its first entry replaced by E/100, so the generator
       knows E exactly; same parameter count. angle51 always concatenates E and theta (the paper).
     dropout: discriminator dropout rate (Keras 0.2).
+    dropout_rng: how the dropout masks are drawn: "hash" (a counter-based hash, a few integer operations
+      per element) or "threefry" (``jax.random.bernoulli``, 20 % of a fixed25 CPU training step; the
+      masks of runs made before the hash). Same Bernoulli rate; see ``hepgan.models.layers.Dropout``.
     bn_epsilon: BatchNorm epsilon (1e-3 fixed25, 1e-6 angle51).
     bn_axis_name: mesh axis for cross-device BatchNorm statistics under ``shard_map`` (None: local).
     d_bn_batch_stats: discriminator BN always uses batch statistics, also in ``eval()`` mode, as the
@@ -88,6 +95,7 @@ class ModelConfig:
     d_channels: list[int] | None = None
     conditioning: str = "product"
     dropout: float = 0.2
+    dropout_rng: str = "hash"
     bn_epsilon: float | None = None
     bn_axis_name: str | None = None
     d_bn_batch_stats: bool | None = None
@@ -106,6 +114,10 @@ class ModelConfig:
         if self.conv_impl not in ("xla", "fft", "auto"):
             raise ValueError(
                 f"ModelConfig.conv_impl must be one of ('xla', 'fft', 'auto'); got {self.conv_impl!r}"
+            )
+        if self.dropout_rng not in DROPOUT_RNGS:
+            raise ValueError(
+                f"ModelConfig.dropout_rng must be one of {DROPOUT_RNGS}; got {self.dropout_rng!r}"
             )
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
@@ -173,6 +185,7 @@ class ResolvedModelConfig:
     d_channels: tuple[int, ...]
     conditioning: str
     dropout: float
+    dropout_rng: str
     bn_epsilon: float
     bn_axis_name: str | None
     d_bn_batch_stats: bool

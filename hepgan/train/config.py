@@ -148,6 +148,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": model_config.ARCHS,
     "model.size": model_config.SIZES,
     "model.conv_impl": conv.CONV_IMPLS,
+    "model.dropout_rng": model_config.DROPOUT_RNGS,
     "model.conditioning": model_config.CONDITIONINGS,
     "data.kind": data_config.KINDS,
     "data.geometry": tuple(geometry.PRESETS),
@@ -433,11 +434,17 @@ def to_config(cfg: Config | DictConfig | dict[str, Any]) -> Config:
 
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict written by an earlier hepgan (a run's ``manifest.json``) in today's layout, so that
-    its run restores. Earlier layouts kept the learning-rate scaling in ``optim`` (``optim.scaling``,
+    its run restores. Runs made before ``model.dropout_rng`` existed drew their dropout masks with
+    Threefry: their config gets ``dropout_rng: threefry``, so that resuming one with today's default (the
+    hash) is refused with that difference named rather than continued with other masks. Earlier layouts
+    kept the learning-rate scaling in ``optim`` (``optim.scaling``,
     ``ref_batch``, ``warmup_steps``, ``decay``, taken where ``scaling`` left them null), the RMSprop and
     Adam settings flat in ``optim`` (``rho``, ``eps``, ``b1``, ``b2``), and the large-batch optimizer in
     ``scaling`` (``scaling.optimizer``, ``weight_decay``, ``trust_coefficient``, ``momentum``). A config
     in today's layout is returned unchanged; ``config`` itself is never modified."""
+    model = config.get("model")
+    if isinstance(model, dict) and model and "dropout_rng" not in model:
+        config = {**config, "model": {**model, "dropout_rng": "threefry"}}
     optim, scaling = dict(config.get("optim") or {}), dict(config.get("scaling") or {})
     from_optim = {"scaling": "rule", **{k: k for k in ("ref_batch", "warmup_steps", "decay")}}
     from_scaling = {"optimizer", "trust_coefficient", "momentum", "weight_decay"}

@@ -123,7 +123,9 @@ def _check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
         first = json.loads(path.read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} cannot be read ({exc}); it is not a run folder hepgan can resume") from None
-    old, new = config_fingerprint(first), config_fingerprint(config)
+    from hepgan.train.config import upgrade
+
+    old, new = config_fingerprint(upgrade(first)), config_fingerprint(config)
     if old["sha256"] == new["sha256"]:
         return
     diffs = []
