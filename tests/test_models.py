@@ -584,3 +584,22 @@ def test_hash_dropout_is_a_bernoulli_mask_of_the_rate() -> None:
         Dropout(0.2, rng="philox", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="dropout_rng"):
         ModelConfig(dropout_rng="philox").resolve()
+
+
+def test_fft_contractions_and_channel_first_layout_agree() -> None:
+    """Both contractions of the FFT path, and its channel-first entry, give the channel-last result."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.standard_normal((2, 6, 5, 7, 3)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 2, 4, 3, 5)), jnp.float32)
+    pads, up = ((1, 2), (0, 1), (2, 0)), (2, 1, 2)
+    ref = np.asarray(conv3d_xla(x, w, pads, up))
+    scale = np.abs(ref).max()
+    for contraction in ("dot", "multiply"):
+        got = conv3d_fft(x, w, pads, up, contraction=contraction)
+        assert np.abs(np.asarray(got) - ref).max() <= CONV_TOL * scale
+        cf = conv3d_fft(jnp.moveaxis(x, -1, 1), w, pads, up, contraction=contraction, channels_first=True)
+        assert np.abs(np.moveaxis(np.asarray(cf), 1, -1) - ref).max() <= CONV_TOL * scale
+    with pytest.raises(ValueError, match="contraction"):
+        conv3d_fft(x, w, pads, up, contraction="gemm")
+    with pytest.raises(ValueError, match="conv3d expects"):
+        conv3d_fft(x[0], w, pads, up)

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "read": "hepgan.bench.read",
     "evaluate": "hepgan.bench.evaluate",
     "conv": "hepgan.bench.conv",
+    "levers": "hepgan.bench.levers",
     "train": "hepgan.bench.train",
     "startup": "hepgan.bench.startup",
     "scaling": "hepgan.bench.scaling",

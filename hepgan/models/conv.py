@@ -216,6 +216,9 @@ def conv3d_fft(
     padding: Padding,
     upsample: Sequence[int] = (1, 1, 1),
     spectrum: jax.Array | None = None,
+    *,
+    contraction: str | None = None,
+    channels_first: bool = False,
 ) -> jax.Array:
     """The same result as ``conv3d_xla`` computed with real FFTs over the three spatial axes.
 
@@ -235,10 +238,33 @@ def conv3d_fft(
     upsampling by ``f`` per axis makes the input transform ``f^3`` times smaller instead of larger.
 
     The channel contraction ``sum_i X[b, i, f] conj(W)[i, o, f]`` is a batched complex matmul over the
-    frequencies, or, for at most ``MULTIPLY_CONTRACTION_MAX`` channel pairs, a fused multiply-and-sum.
+    frequencies, or, for at most ``MULTIPLY_CONTRACTION_MAX`` channel pairs, a fused multiply-and-sum
+    (``contraction`` "dot" or "multiply" forces one; ``hepgan-bench levers`` measures both).
     Shapes as in ``conv3d_xla``; float32 in and out (complex64 inside). ``spectrum``: the kernel's
-    ``kernel_spectrum`` if already computed (``w`` then only gives the shapes).
+    ``kernel_spectrum`` if already computed (``w`` then only gives the shapes). ``channels_first``: ``x``
+    is ``[B, Cin, X, Y, Z]`` and the output ``[B, Cout, X', Y', Z']`` (no transposes around the FFTs).
     """
+    if contraction not in (None, "dot", "multiply"):
+        raise ValueError(f"conv3d_fft contraction must be None, 'dot' or 'multiply'; got {contraction!r}")
+    if x.ndim != 5:
+        _check(x, w, padding)  # raises, naming the expected shapes
+    if channels_first:
+        return _conv3d_fft_cf(x, w, padding, upsample, spectrum, contraction)
+    return jnp.moveaxis(
+        _conv3d_fft_cf(jnp.moveaxis(x, -1, 1), w, padding, upsample, spectrum, contraction), 1, -1
+    )
+
+
+def _conv3d_fft_cf(
+    xc: jax.Array,
+    w: jax.Array,
+    padding: Padding,
+    upsample: Sequence[int],
+    spectrum: jax.Array | None,
+    contraction: str | None,
+) -> jax.Array:
+    """``conv3d_fft`` on channel-first ``xc: [B, Cin, X, Y, Z]`` -> ``[B, Cout, X', Y', Z']``."""
+    x = jax.ShapeDtypeStruct((xc.shape[0], *xc.shape[2:], xc.shape[1]), xc.dtype)  # channel-last shape
     factors = check_upsample(upsample)
     up = tuple(f * int(n) for f, n in zip(factors, x.shape[1:4], strict=True))
     pads = _check(jax.ShapeDtypeStruct((x.shape[0], *up, x.shape[4]), x.dtype), w, padding)
@@ -246,9 +272,7 @@ def conv3d_fft(
     cin, cout = int(w.shape[3]), int(w.shape[4])
     out = conv_output_shape(up, kernel, pads)
     lengths = fft_lengths(x.shape[1:4], kernel, pads, factors)
-    axes = (2, 3, 4)
-    # Channel-first so that the transformed axes are the trailing, contiguous ones.
-    xc = jnp.moveaxis(x, -1, 1)
+    axes = (2, 3, 4)  # channel-first: the transformed axes are the trailing, contiguous ones
     if factors == (1, 1, 1):
         xf = jnp.fft.rfftn(xc, s=lengths, axes=axes)  # [B, Ci, Lx, Ly, Lz/2+1]
     else:
@@ -256,12 +280,14 @@ def conv3d_fft(
     wf = kernel_spectrum(w, x.shape[1:4], pads, factors) if spectrum is None else spectrum
     if wf.shape != (cin, cout, lengths[0], lengths[1], lengths[2] // 2 + 1):
         raise ValueError(f"conv3d_fft: kernel spectrum of shape {wf.shape} does not fit lengths {lengths}")
-    if cin * cout <= MULTIPLY_CONTRACTION_MAX:
+    if contraction is None:
+        contraction = "multiply" if cin * cout <= MULTIPLY_CONTRACTION_MAX else "dot"
+    if contraction == "multiply":
         yf = jnp.sum(xf[:, :, None] * wf[None], axis=1)
     else:
         yf = jnp.einsum("bixyz,ioxyz->boxyz", xf, wf)
     y = jnp.fft.irfftn(yf, s=lengths, axes=axes)[:, :, : out[0], : out[1], : out[2]]
-    return jnp.moveaxis(y, 1, -1).astype(x.dtype)
+    return y.astype(xc.dtype)
 
 
 def conv_flops(
