@@ -603,3 +603,23 @@ def test_fft_contractions_and_channel_first_layout_agree() -> None:
         conv3d_fft(x, w, pads, up, contraction="gemm")
     with pytest.raises(ValueError, match="conv3d expects"):
         conv3d_fft(x[0], w, pads, up)
+
+
+def test_hash_dropout_mask_does_not_depend_on_the_sharding() -> None:
+    """The mask is a function of the key and the global element index: a batch sharded over devices
+    (the xla backend) gets the mask of the unsharded batch."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    n = len(jax.devices())
+    if n < 2:
+        pytest.skip("needs several (simulated) devices")
+    mesh = jax.make_mesh((n,), ("data",))
+    x = jnp.zeros((2 * n, 5, 4, 3, 2), jnp.float32)
+    key = jax.random.key(11)
+    whole = np.asarray(jax.jit(lambda k, x: hash_bits(k, x.shape))(key, x))
+    sharded = jax.jit(lambda k, x: hash_bits(k, x.shape) + x.astype(jnp.uint32))(
+        key, jax.device_put(x, NamedSharding(mesh, P("data")))
+    )
+    assert len(sharded.sharding.device_set) == n
+    np.testing.assert_array_equal(np.asarray(sharded), whole)

@@ -29,10 +29,11 @@ STEPS, B = 4, 16
 # parameters and BatchNorm statistics move by up to 0.08. The backends agree to rounding after one update
 # (1e-7 relative in the loss); over four, a kink of the losses or activations (MAPE, ReLU, a label flip
 # threshold) that rounding puts on one side or the other amplifies it, by how much depends on the random
-# draws: measured over run seeds 3-6, at most 4.5e-5 absolute in a leaf and 1.2e-5 relative in a loss.
-# Local BatchNorm against global BatchNorm differs by 4e-3, 40x the tolerance: the control below shows
-# the tolerance tells them apart.
-RTOL, ATOL = 1e-4, 1e-4
+# draws: measured over run seeds 3-6, at most 1.1e-4 absolute in a leaf and 5e-5 relative in a loss
+# with the hash dropout masks (4.5e-5 and 1.2e-5 with Threefry's; the masks themselves are equal on 1
+# and 8 devices, tests/test_models.py). Local BatchNorm against global BatchNorm differs by 4e-3, 16x
+# the tolerance: the control below shows the tolerance tells them apart.
+RTOL, ATOL = 1e-4, 2.5e-4
 STEP_CFG = StepConfig(arch="fixed25", ema_decay=0.9)
 
 
@@ -79,7 +80,7 @@ def test_real_step_xla_8_devices_equals_1_device_over_several_updates():
     one, l1 = _train(setup(ParallelConfig(backend="xla", devices=1, launcher="none")))
     eight, l8 = _train(setup(ParallelConfig(backend="xla", devices=8, launcher="none")))
     _close(one, eight, RTOL, ATOL)
-    np.testing.assert_allclose(l1, l8, rtol=1e-4)
+    np.testing.assert_allclose(l1, l8, rtol=RTOL)
     # control: shard_map's per-device BatchNorm (and per-device noise) is a different training, which
     # the tolerance must not pass as equal
     local_bn, _ = _train(setup(ParallelConfig(backend="shard_map", devices=2, launcher="none")))

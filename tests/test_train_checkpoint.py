@@ -90,7 +90,11 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
     mp.setattr(hepgan.models, "build", lambda cfg, rngs: (ToyGenerator(rngs), ToyDiscriminator(rngs)))
-    full = fit(cfg(root / "full"))
+    try:
+        full = fit(cfg(root / "full"))
+    except BaseException:
+        mp.undo()
+        raise
 
     calls = {"n": 0}
     original = Pipeline.__next__
@@ -101,13 +105,15 @@ def runs(tmp_path_factory):
             raise KeyboardInterrupt
         return original(self)
 
-    mp.setattr(Pipeline, "__next__", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg(root / "resumed"))
-    mp.setattr(Pipeline, "__next__", original)
-    after_interrupt = Checkpointer(root / "resumed").latest_step()
-    resumed = fit(cfg(root / "resumed"))
-    mp.undo()
+    try:  # undone whatever happens: the toy build must not leak into other test files of this worker
+        mp.setattr(Pipeline, "__next__", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg(root / "resumed"))
+        mp.setattr(Pipeline, "__next__", original)
+        after_interrupt = Checkpointer(root / "resumed").latest_step()
+        resumed = fit(cfg(root / "resumed"))
+    finally:
+        mp.undo()
     return root, full, resumed, after_interrupt
 
 

@@ -208,14 +208,14 @@ def _onednn_child(arch: str, size: str, batch: int, repeats: int) -> dict[str, A
     """In a child process (``XLA_FLAGS`` chosen by the parent): discriminator forward+backward seconds and
     whether the compiled program calls oneDNN."""
     _, d = build(ModelConfig(arch=arch, size=size), nnx.Rngs(0))
+    d.eval()  # no dropout (no RNG state to advance inside the gradient); the same on both sides
     x = jnp.abs(jax.random.normal(jax.random.key(1), (batch, *d.grid), jnp.float32))
-    state = nnx.state(d)
-    graph = nnx.graphdef(d)
+    graph, state = nnx.split(d)
 
-    def loss(s: Any) -> jax.Array:
-        return jnp.mean(nnx.merge(graph, s)(x)["logit"])
+    def grads(s: Any) -> Any:  # nnx.grad lifts the module's state (BatchNorm statistics) correctly
+        return nnx.grad(lambda m: jnp.mean(m(x)["logit"]))(nnx.merge(graph, s))
 
-    fn = jax.jit(jax.grad(loss))
+    fn = jax.jit(grads)
     text = fn.lower(state).compile().as_text().lower()
     jax.block_until_ready(fn(state))
     best = float("inf")

@@ -17,6 +17,8 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from hepgan.models.conv import kernel_spectra, use_kernel_spectra
+
 
 @struct.dataclass
 class PlayerState:
@@ -237,9 +239,13 @@ def generate(
 
     @nnx.jit
     def sample(g: Any, spectra: Any, key: jax.Array, e: jax.Array, th: jax.Array) -> jax.Array:
-        return g.sample(key, e, th, spectra)
+        with use_kernel_spectra(spectra):
+            return g(g.latent(key, e, th))
 
-    spectra = cast(Any, g).kernel_spectra(batch)  # the weights are fixed: transform the kernels once
+    # the weights are fixed: transform the FFT-path kernels once (none for other generators)
+    ones = jnp.ones((batch,), jnp.float32)
+    z = jax.eval_shape(lambda: cast(Any, g).latent(jax.random.key(0), ones, ones))
+    spectra = nnx.jit(lambda g: kernel_spectra(g, z))(g)
     out = []
     n = len(energy)
     for i, start in enumerate(range(0, n, batch)):
