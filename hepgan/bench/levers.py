@@ -58,6 +58,10 @@ from hepgan.models.conv import (
 ONEDNN_FLAG = "--xla_cpu_experimental_onednn_custom_call=true"
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _block(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     return lambda: jax.block_until_ready(fn(*args))
 
@@ -136,11 +140,9 @@ def layer_levers(arch: str, size: str, batch: int, repeats: int) -> list[dict[st
         row["channels_first"] = paired(_block(folded, x, w), _block(cf, xc, w), repeats)
         rows.append(row)
         fold = row.get("fold_padding_upsample", {}).get("ratio", float("nan"))
-        print(
+        _say(
             f"   {arch} {spec.name}: fold {fold:.2f}x, multiply/dot {row['contraction']['ratio']:.2f}x, "
-            f"channel-first {row['channels_first']['ratio']:.2f}x",
-            file=sys.stderr,
-            flush=True,
+            f"channel-first {row['channels_first']['ratio']:.2f}x"
         )
     return rows
 
@@ -167,11 +169,9 @@ def model_levers(arch: str, size: str, batch: int, repeats: int) -> dict[str, An
 
         grads[rng] = _block(d_grad, d, x)
     out["dropout_rng"] = paired(grads["threefry"], grads["hash"], repeats)
-    print(
+    _say(
         f"   {arch}: kernel spectra {out['kernel_spectra']['ratio']:.2f}x, "
-        f"hash dropout {out['dropout_rng']['ratio']:.2f}x",
-        file=sys.stderr,
-        flush=True,
+        f"hash dropout {out['dropout_rng']['ratio']:.2f}x"
     )
     return out
 
@@ -354,11 +354,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
         )
     for s in summary:
-        print(
-            f"   {s['lever']:<32} {s['arch']:<8} {s['ratio']:.2f}x  kept={s['kept']}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"   {s['lever']:<32} {s['arch']:<8} {s['ratio']:.2f}x  kept={s['kept']}")
     return {
         "batch": batch,
         "repeats": repeats,
