@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -114,7 +115,7 @@ def layer_levers(arch: str, size: str, batch: int, repeats: int) -> list[dict[st
     for i, spec in enumerate(conv_specs(g, d, batch)):
         x, w = _inputs(spec, i)
         pad, up = spec.padding, spec.upsample
-        folded = _fwdbwd(lambda x, w, pad=pad, up=up: conv3d_fft(x, w, pad, up))
+        folded = _fwdbwd(partial(conv3d_fft, padding=pad, upsample=up))
         cin, cout = spec.kernel_shape[3], spec.kernel_shape[4]
         row: dict[str, Any] = {
             "arch": arch,
@@ -131,12 +132,12 @@ def layer_levers(arch: str, size: str, batch: int, repeats: int) -> list[dict[st
                 _block(_fwdbwd(_materialised(spec)), x, w), _block(folded, x, w), repeats
             )
         by = {
-            c: _fwdbwd(lambda x, w, c=c, pad=pad, up=up: conv3d_fft(x, w, pad, up, contraction=c))
+            c: _fwdbwd(partial(conv3d_fft, padding=pad, upsample=up, contraction=c))
             for c in ("dot", "multiply")
         }
         row["contraction"] = paired(_block(by["dot"], x, w), _block(by["multiply"], x, w), repeats)
         xc = jnp.moveaxis(x, -1, 1)
-        cf = _fwdbwd(lambda x, w, pad=pad, up=up: conv3d_fft(x, w, pad, up, channels_first=True))
+        cf = _fwdbwd(partial(conv3d_fft, padding=pad, upsample=up, channels_first=True))
         row["channels_first"] = paired(_block(folded, x, w), _block(cf, xc, w), repeats)
         rows.append(row)
         fold = row.get("fold_padding_upsample", {}).get("ratio", float("nan"))
@@ -216,7 +217,7 @@ def _onednn_child(arch: str, size: str, batch: int, repeats: int) -> dict[str, A
         return nnx.grad(lambda m: jnp.mean(m(x)["logit"]))(nnx.merge(graph, s))
 
     fn = jax.jit(grads)
-    text = fn.lower(state).compile().as_text().lower()
+    text = (fn.lower(state).compile().as_text() or "").lower()
     jax.block_until_ready(fn(state))
     best = float("inf")
     for _ in range(repeats):

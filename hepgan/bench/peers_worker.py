@@ -196,9 +196,8 @@ class Bench:
 
         # Sampling with fixed weights: the kernels are transformed once, as hepgan's own sampling does
         s = self.state
-        spectra = players.g.module(s.ema_g_params, s.g.batch_stats, jax.random.key(0)).kernel_spectra(
-            local // par.workers if par.backend == "shard_map" else local
-        )
+        g_fixed: Any = players.g.module(s.ema_g_params, s.g.batch_stats, jax.random.key(0))
+        spectra = g_fixed.kernel_spectra(local // par.workers if par.backend == "shard_map" else local)
 
         key = jax.random.key(par.process_index)
         if par.backend == "shard_map":
