@@ -66,6 +66,21 @@ def final_state(run_dir: Path) -> dict[str, np.ndarray]:
     }
 
 
+def losses(run_dir: Path) -> np.ndarray:
+    """``[steps, 2]``: the discriminator's and the generator's loss per step from ``train.csv``."""
+    import csv
+
+    with open(run_dir / "train.csv") as f:
+        return np.array([[float(r["d_loss"]), float(r["g_loss"])] for r in csv.DictReader(f)])
+
+
+def loss_diffs(a: Path, b: Path) -> dict[str, Any]:
+    """Largest relative difference of the two losses at step 1 and over all steps of two runs."""
+    la, lb = losses(a), losses(b)
+    rel = np.abs(la - lb) / np.abs(la)
+    return {"loss_rel_diff_step1": float(rel[0].max()), "loss_rel_diff_max": float(rel.max())}
+
+
 def compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
     """Bitwise equality of every array, and over the floating-point ones the largest absolute difference
     and the largest difference relative to its array's largest magnitude (``max_rel_diff``, with the
@@ -98,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             ok = None
         elif expect in ("bitwise", "differs"):
             ok = result["bitwise"] == (expect == "bitwise")
+        elif expect.startswith("step 1 within "):  # the same training: only rounding at the first update
+            ok = result["bitwise"] or result["loss_rel_diff_step1"] <= float(expect.split()[-1])
         else:
             ok = result["max_rel_diff"] <= float(expect)
         rows.append({"what": what, "expect": expect, "commands": commands, **result, "as_expected": ok})
@@ -143,18 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     xla1, c4b = train(work, "xla1", "parallel.backend=xla", "parallel.devices=1")
     row(
         "xla backend (jit over a sharded batch): 2 devices vs 1",
-        "1e-3",
+        # a float32 loss summed over ~2.5e5 terms in another order: typical rounding sqrt(n) * eps ~ 6e-5
+        "step 1 within 1e-4",
         [c4, c4b],
-        compare(final_state(xla1), final_state(xla)),
+        {**compare(final_state(xla1), final_state(xla)), **loss_diffs(xla1, xla)},
     )
     row(
         "control: xla vs shard_map, 2 devices (shard_map draws its noise per device)",
         "differs",
         [c1, c4],
-        compare(ref, final_state(xla)),
+        {**compare(ref, final_state(xla)), **loss_diffs(per_core, xla)},
     )
     mpi, c5 = train(work, "mpi", "parallel=mpi", mpi=2)
-    row("2 MPI ranks vs shard_map on 2 devices", "measured", [c1, c5], compare(ref, final_state(mpi)))
+    row(
+        "2 MPI ranks vs shard_map on 2 devices",
+        "measured",
+        [c1, c5],
+        {**compare(ref, final_state(mpi)), **loss_diffs(per_core, mpi)},
+    )
     one_thread, c6 = train(work, "one_thread", "parallel.devices=1")
     shared, c7 = train(work, "shared", "parallel.cpu_layout=shared", "parallel.devices=1")
     row(
@@ -167,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "one device vs 2 devices, shard_map with global-batch BatchNorm",
         "measured",
         [c6, c1],
-        compare(final_state(one_thread), ref),
+        {**compare(final_state(one_thread), ref), **loss_diffs(one_thread, per_core)},
     )
 
     out = Path(args.out)
@@ -185,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "table.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     lines = [
-        "| what | expected | result | max abs diff. / relative to its array's scale (array) | as expected |",
-        "|---|---|---|---|---|",
+        "| what | expected | result | max abs diff. / relative to its array's scale (array) "
+        "| losses: step 1 / max rel. diff. | as expected |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         diff = "-"
@@ -195,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             diff += f" (`{r['largest_in']}`)" if r["largest_in"] and not r["bitwise"] else ""
         result = "bitwise" if r["bitwise"] else "differs"
         verdict = {True: "yes", False: "NO", None: "(measured)"}[r["as_expected"]]
-        lines.append(f"| {r['what']} | {r['expect']} | {result} | {diff} | {verdict} |")
+        loss = "-"
+        if "loss_rel_diff_max" in r:
+            loss = f"{r['loss_rel_diff_step1']:.1e} / {r['loss_rel_diff_max']:.1e}"
+        lines.append(f"| {r['what']} | {r['expect']} | {result} | {diff} | {loss} | {verdict} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(r["as_expected"] is not False for r in rows) else 1
