@@ -56,7 +56,7 @@ def plan_entries(scale: str) -> list[tuple[list[str], dict[str, str]]]:
             for rule in RULES:
                 if batch == s["ref"] and rule in ("linear", "sqrt"):
                     continue  # factor 1: the same run as "none"
-                ov = [f"experiment={s['experiment']}", f"train.batch_size={batch}", f"seed={seed}"]
+                ov = [f"experiment={s['experiment']}", f"train.batch_size={batch}", f"train.seed={seed}"]
                 if rule == "none":
                     ov += ["scaling=none"]
                 elif rule == "lamb":
