@@ -3,6 +3,7 @@
 #   make test   the test suite (8 simulated CPU devices, mpirun tests included)
 #   make lint   ruff + mypy
 #   make bench  benchmarks; JSON results under experiments/bench/
+#   make paper  the studies' tables and figures from committed results, then paper/paper.md and .html
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.hepgan-installed
 MPI_BUILD_ENV := env -u CUDA_HOME -u CUDA_PATH PATH=$(abspath $(VENV))/bin:/usr/bin:/bin \
 	MPI4JAX_BUILD_MPICC=$(abspath $(VENV))/bin/mpicc
 
-.PHONY: venv demo test test-all lint format bench clean
+.PHONY: venv demo test test-all lint format bench paper clean
 
 venv: $(STAMP)
 
@@ -42,16 +43,21 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hepgan hydra_plugins tests
-	$(VENV)/bin/ruff format --check hepgan hydra_plugins tests
+	$(VENV)/bin/ruff check hepgan hydra_plugins tests experiments paper
+	$(VENV)/bin/ruff format --check hepgan hydra_plugins tests experiments paper
 	$(VENV)/bin/mypy hepgan hydra_plugins
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format hepgan hydra_plugins tests
-	$(VENV)/bin/ruff check --fix hepgan hydra_plugins tests
+	$(VENV)/bin/ruff format hepgan hydra_plugins tests experiments paper
+	$(VENV)/bin/ruff check --fix hepgan hydra_plugins tests experiments paper
 
 bench: $(STAMP)
 	$(VENV)/bin/hepgan-bench all --out experiments/bench
+
+# The paper (paper/paper.md, paper/paper.html): every study's regenerate command on its committed results
+# (no training; about a minute), then the Markdown and a self-contained HTML page (paper/build.py).
+paper: $(STAMP)
+	$(PY) paper/build.py
 
 # The Keras/TensorFlow peer of `hepgan-bench peers` runs in its own environment: TensorFlow's protobuf
 # and numpy pins would conflict with the package's. The worker needs only TensorFlow and numpy.

@@ -32,7 +32,13 @@ from typing import Any
 RULES = ("none", "linear", "sqrt", "lamb")
 # scale -> (experiment, batches, B_ref, showers seen per run, seeds)
 SCALES: dict[str, dict[str, Any]] = {
-    "cpu": {"experiment": "large_batch_cpu", "batches": [16, 64, 256, 512], "ref": 16, "seen": 8192, "seeds": [0, 1]},
+    "cpu": {
+        "experiment": "large_batch_cpu",
+        "batches": [16, 64, 256, 512],
+        "ref": 16,
+        "seen": 8192,
+        "seeds": [0, 1],
+    },
     "full": {
         "experiment": "large_batch_paper",
         "batches": [16, 32, 64, 128, 256, 512, 1024],
@@ -64,7 +70,9 @@ def plan_entries(scale: str) -> list[tuple[list[str], dict[str, str]]]:
                 else:
                     ov += [f"scaling={rule}", f"scaling.warmup_steps={warmup}"]
                 ov += [f"scaling.ref_batch={s['ref']}"]
-                entries.append((ov, {"batch": str(batch), "rule": rule, "seed": str(seed), "updates": str(updates)}))
+                entries.append(
+                    (ov, {"batch": str(batch), "rule": rule, "seed": str(seed), "updates": str(updates)})
+                )
     return entries
 
 
@@ -130,7 +138,15 @@ def read_run(run: Path) -> dict[str, Any] | None:
         rec["error"] = res.get("error")
     metrics_path = run / "report" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else res.get("metrics", {})
-    for k in ("physics_score", "sf_rel_error", "auc_hlf", "auc_hlf_err", "fpd", "showers_seen", "train_seconds"):
+    for k in (
+        "physics_score",
+        "sf_rel_error",
+        "auc_hlf",
+        "auc_hlf_err",
+        "fpd",
+        "showers_seen",
+        "train_seconds",
+    ):
         v = metrics.get(k, res.get("metrics", {}).get(k))
         rec[k] = float(v) if v is not None else math.nan
     train = _read_csv(run / "train.csv")
@@ -186,18 +202,29 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     ref_cells = [c for c in cells if c["batch"] == ref_batch]
-    ref_score = min((c["physics_score"] for c in ref_cells if math.isfinite(c["physics_score"])), default=math.nan)
+    ref_score = min(
+        (c["physics_score"] for c in ref_cells if math.isfinite(c["physics_score"])), default=math.nan
+    )
     # the tolerance: the largest seed-to-seed difference at the reference batch (what one more seed moves)
     spreads = [c["physics_score_spread"] for c in ref_cells if math.isfinite(c["physics_score_spread"])]
     tol = max(spreads) if spreads else math.nan
     falls_at = None
     for batch in sorted({c["batch"] for c in cells}):
-        best = min((c["physics_score"] for c in cells if c["batch"] == batch and math.isfinite(c["physics_score"])), default=math.inf)
+        best = min(
+            (c["physics_score"] for c in cells if c["batch"] == batch and math.isfinite(c["physics_score"])),
+            default=math.inf,
+        )
         if math.isfinite(ref_score) and math.isfinite(tol) and best > ref_score + tol:
             falls_at = batch
             break
     b_noise = {
-        p: _mean([r[f"b_noise_{p}"] for r in records if r["batch"] == ref_batch and r["rule"] == "none" and r["status"] == "ok"])
+        p: _mean(
+            [
+                r[f"b_noise_{p}"]
+                for r in records
+                if r["batch"] == ref_batch and r["rule"] == "none" and r["status"] == "ok"
+            ]
+        )
         for p in ("g", "d")
     }
     return {
@@ -213,13 +240,16 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 def write_table(summary: dict[str, Any], path: Path) -> None:
     """``table.md``: one row per (batch, rule)."""
     lines = [
-        "| batch | rule | updates | peak lr_g | physics_score (seed mean) | seed spread | sf_rel_error | auc_hlf | B_noise g / d | runs ok | train min |",
+        "| batch | rule | updates | peak lr_g | physics_score (seed mean) | seed spread | sf_rel_error "
+        "| auc_hlf "
+        "| B_noise g / d | runs ok | train min |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["cells"]:
         failed = f" ({len(c['failed'])} failed)" if c["failed"] else ""
         lines.append(
-            f"| {c['batch']} | {c['rule']} | {c['updates']} | {c['peak_lr_g']:.2g} | {_fmt(c['physics_score'])} | "
+            f"| {c['batch']} | {c['rule']} | {c['updates']} | {c['peak_lr_g']:.2g} | "
+            f"{_fmt(c['physics_score'])} | "
             f"{_fmt(c['physics_score_spread'])} | {_fmt(c['sf_rel_error'], 3)} | {_fmt(c['auc_hlf'], 3)} | "
             f"{_fmt(c['b_noise_g'], 1)} / {_fmt(c['b_noise_d'], 1)} | {c['ok']}/{len(c['seeds'])}{failed} | "
             f"{_fmt(c['train_minutes'], 1)} |"
@@ -227,15 +257,18 @@ def write_table(summary: dict[str, Any], path: Path) -> None:
     falls = summary["quality_falls_at_batch"]
     lines += [
         "",
-        f"Reference (batch {summary['ref_batch']}): physics_score {_fmt(summary['reference_physics_score'])}; "
+        f"Reference (batch {summary['ref_batch']}): physics_score "
+        f"{_fmt(summary['reference_physics_score'])}; "
         f"tolerance (largest seed-to-seed difference there) {_fmt(summary['tolerance'])}. "
         + (
-            f"Quality falls (best rule worse than the reference by more than the tolerance) from batch {falls}."
+            "Quality falls (best rule worse than the reference by more than the tolerance) from batch "
+            f"{falls}."
             if falls
             else "No batch falls below the reference by more than the tolerance under its best rule."
         ),
         f"B_noise at the reference batch (median over the second half of training, seed mean): generator "
-        f"{_fmt(summary['b_noise_at_ref']['g'], 1)}, discriminator {_fmt(summary['b_noise_at_ref']['d'], 1)} showers.",
+        f"{_fmt(summary['b_noise_at_ref']['g'], 1)}, discriminator "
+        f"{_fmt(summary['b_noise_at_ref']['d'], 1)} showers.",
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -257,16 +290,26 @@ def plot(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> l
         strict=True,
     ):
         for rule in RULES:
-            cs = [c for c in summary["cells"] if c["rule"] == rule or (c["batch"] == ref and c["rule"] == "none")]
+            cs = [
+                c
+                for c in summary["cells"]
+                if c["rule"] == rule or (c["batch"] == ref and c["rule"] == "none")
+            ]
             cs = sorted(cs, key=lambda c: c["batch"])
             xs = [c["batch"] for c in cs if math.isfinite(c[key])]
             ys = [c[key] for c in cs if math.isfinite(c[key])]
             ax.plot(xs, ys, "-", color=colors[rule], label=rule)
-            pts = [r for r in records if r["status"] == "ok" and (r["rule"] == rule) and math.isfinite(r[key])]
-            ax.plot([r["batch"] for r in pts], [r[key] for r in pts], "o", color=colors[rule], ms=3, alpha=0.6)
+            pts = [
+                r for r in records if r["status"] == "ok" and (r["rule"] == rule) and math.isfinite(r[key])
+            ]
+            ax.plot(
+                [r["batch"] for r in pts], [r[key] for r in pts], "o", color=colors[rule], ms=3, alpha=0.6
+            )
             bad = [r for r in records if r["rule"] == rule and r["status"] not in ("ok", "running")]
             if bad:
-                ax.plot([r["batch"] for r in bad], [ax.get_ylim()[1]] * len(bad), "x", color=colors[rule], ms=7)
+                ax.plot(
+                    [r["batch"] for r in bad], [ax.get_ylim()[1]] * len(bad), "x", color=colors[rule], ms=7
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("global batch")
         ax.set_title(label, fontsize=10)
@@ -291,7 +334,13 @@ def plot(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> l
             for j, r in enumerate(rs):
                 steps, vals = zip(*r[f"b_noise_{p}_curve"], strict=True)
                 seen = [s * b for s in steps]
-                ax.plot(seen, vals, color=cmap(i / max(1, len(batches) - 1)), alpha=0.8, label=f"batch {b}" if j == 0 else None)
+                ax.plot(
+                    seen,
+                    vals,
+                    color=cmap(i / max(1, len(batches) - 1)),
+                    alpha=0.8,
+                    label=f"batch {b}" if j == 0 else None,
+                )
         for b in batches:
             ax.axhline(b, color="grey", lw=0.5, ls=":")
         ax.set_yscale("log")
@@ -316,13 +365,17 @@ def cmd_summarize(args: argparse.Namespace) -> None:
                 if rec is not None:
                     records.append(rec)
     if not records:
-        sys.exit(f"summarize: no run folders with a manifest.json under {', '.join(map(str, args.sweep_dirs))}")
+        sys.exit(
+            f"summarize: no run folders with a manifest.json under {', '.join(map(str, args.sweep_dirs))}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
     slim = [{k: v for k, v in r.items() if not k.endswith("_curve")} for r in records]
     curves = {r["run"]: {k: v for k, v in r.items() if k.endswith("_curve")} for r in records}
-    (out / "results.json").write_text(json.dumps({"summary": summary, "runs": slim, "curves": curves}, indent=1) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"summary": summary, "runs": slim, "curves": curves}, indent=1) + "\n"
+    )
     write_table(summary, out / "table.md")
     paths = plot(records, summary, out)
     print(f"{len(records)} runs -> {out / 'results.json'}, {out / 'table.md'}, " + ", ".join(map(str, paths)))
