@@ -10,6 +10,14 @@ under ``-m`` one subdirectory per job). ``result.json`` there holds ``status`` (
 ``nonfinite``, ``error``), ``objective`` (the final ``physics_score``, lower is better), ``metrics`` and
 ``paths``, for sweeps to collect.
 
+``hepgan-train --rerun RUN_DIR [key=value ...]`` trains again what ``RUN_DIR/manifest.json`` records: its
+config (brought up to date by :func:`hepgan.train.config.upgrade`) as the primary config instead of the
+packaged defaults, its device layout, into ``RUN_DIR-rerun`` (``out=`` to choose), with a warning where
+the git commit, the package versions or the kind of device differ from the run's; a multi-process run
+must be re-run by a launch of its size (the error names the command). ``--config-dir RUN_DIR/.hydra``
+composes a run's saved Hydra config the same way (:mod:`hepgan.cli.rerun`; docs/training.md, "Re-running
+a run").
+
 Exit codes: 0 done (also: the run had finished already), 1 bad input or an unwritable/full disk,
 3 training diverged, 75 stopped by SIGTERM/SIGUSR1/SIGINT after checkpointing (``EX_TEMPFAIL``: run the
 same command again to resume; the Slurm and LSF templates requeue on it).
@@ -177,22 +185,46 @@ def main() -> None:
     ``-sc`` (``install=bash``, ``query=bash``) are not overrides, and ``--help``, ``--info``, ``--cfg`` and
     ``-sc`` create no run directory. Logging is left to Hydra, which sets it up for every run, sweep job
     and ``--info`` itself (a handler installed here as well printed every ``--info`` line twice).
+    ``--rerun RUN_DIR`` and ``--config-dir RUN_DIR/.hydra`` make a run's recorded config the primary one
+    (:mod:`hepgan.cli.rerun`): the command line handed to Hydra is rewritten to name it.
     """
     from hydra._internal.utils import get_args_parser
 
-    args = get_args_parser().parse_args(sys.argv[1:])
-    overrides = [] if args.shell_completion else list(args.overrides)
-    runs = not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
+    from hepgan.cli.rerun import RerunError, is_saved_hydra_dir, plan_rerun, plan_saved_config, split_rerun
+
+    parser = get_args_parser()
+    plan = None
     try:
-        if runs:
-            _check_out(overrides)
-        check_overrides(overrides, [args.config_dir] if args.config_dir else None)
-    except ValueError as exc:
+        rerun_dir, argv = split_rerun(sys.argv[1:])
+        args = parser.parse_args(argv)
+        runs = not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
+        if rerun_dir is not None:
+            plan = plan_rerun(rerun_dir, argv, runs=runs)
+        elif args.config_dir and not args.config_name and is_saved_hydra_dir(args.config_dir):
+            plan = plan_saved_config(args.config_dir, argv)
+    except RerunError as exc:
         print(f"hepgan-train: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except Exception:  # a malformed override: Hydra's own parser explains it below
-        pass
-    _hydra_main()
+    if plan is not None:
+        if plan.process_id == 0:
+            print("\n".join(plan.notes), file=sys.stderr, flush=True)
+        sys.argv = [sys.argv[0], *plan.argv]
+        args = parser.parse_args(plan.argv)
+    try:
+        overrides = [] if args.shell_completion else list(args.overrides)
+        try:
+            if runs:
+                _check_out(overrides if plan is None or plan.out is None else [f"out={plan.out}", *overrides])
+            check_overrides(overrides, [args.config_dir] if args.config_dir else None)
+        except ValueError as exc:
+            print(f"hepgan-train: {exc}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        except Exception:  # a malformed override: Hydra's own parser explains it below
+            pass
+        _hydra_main()
+    finally:
+        if plan is not None:
+            plan.cleanup()
 
 
 if __name__ == "__main__":
