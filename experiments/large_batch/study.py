@@ -30,21 +30,31 @@ from pathlib import Path
 from typing import Any
 
 RULES = ("none", "linear", "sqrt", "lamb")
-# scale -> (experiment, batches, B_ref, showers seen per run, seeds)
+# LAMB's reference learning rate: None takes the recipe's (optim.lr_g, optim.lr_d = 1e-3), so that every
+# rule starts from the same tuned point. LAMB's step is relative to each layer's weight norm (the trust
+# ratio); probes at batch 16 with 1e-2 (b1 0.9, and b1 0 / b2 0.9) did not train either (README.md).
+LAMB_LR: float | None = None
+# scale -> experiment, batches (every seed), extra batches (run after all seeds of the others, so that a
+# campaign cut short still has every seed of the main points), B_ref, showers seen per run, seeds, and
+# LAMB's reference learning rate (see LAMB_LR)
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": {
         "experiment": "large_batch_cpu",
-        "batches": [16, 64, 256, 512],
+        "batches": [16, 64, 512],
+        "extra_batches": [256],
         "ref": 16,
         "seen": 8192,
         "seeds": [0, 1],
+        "lamb_lr": LAMB_LR,
     },
     "full": {
         "experiment": "large_batch_paper",
         "batches": [16, 32, 64, 128, 256, 512, 1024],
+        "extra_batches": [],
         "ref": 128,
         "seen": 30 * 200_000,
         "seeds": [0, 1, 2],
+        "lamb_lr": LAMB_LR,
     },
 }
 WARMUP_FRACTION = 8  # warm-up over 1/8 of the updates (Goyal et al.: 5 of 90 epochs; short runs need more)
@@ -52,27 +62,30 @@ WARMUP_FRACTION = 8  # warm-up over 1/8 of the updates (Goyal et al.: 5 of 90 ep
 
 def plan_entries(scale: str) -> list[tuple[list[str], dict[str, str]]]:
     """The study's runs at ``scale`` ("cpu" or "full"): ``(overrides, metadata)`` per run, seed-major
-    (every configuration of seed 0 first, so a partial campaign is a complete single-seed study)."""
+    (every configuration of seed 0 first, then seed 1, ...; the extra batches last)."""
     s = SCALES[scale]
     entries = []
-    for seed in s["seeds"]:
-        for batch in s["batches"]:
-            updates = s["seen"] // batch
-            warmup = max(1, round(updates / WARMUP_FRACTION))
-            for rule in RULES:
-                if batch == s["ref"] and rule in ("linear", "sqrt"):
-                    continue  # factor 1: the same run as "none"
-                ov = [f"experiment={s['experiment']}", f"train.batch_size={batch}", f"train.seed={seed}"]
-                if rule == "none":
-                    ov += ["scaling=none"]
-                elif rule == "lamb":
-                    ov += ["optim=lamb", "scaling=sqrt", f"scaling.warmup_steps={warmup}"]
-                else:
-                    ov += [f"scaling={rule}", f"scaling.warmup_steps={warmup}"]
-                ov += [f"scaling.ref_batch={s['ref']}"]
-                entries.append(
-                    (ov, {"batch": str(batch), "rule": rule, "seed": str(seed), "updates": str(updates)})
-                )
+    order = [(seed, b) for seed in s["seeds"] for b in s["batches"]]
+    order += [(seed, b) for b in s["extra_batches"] for seed in s["seeds"]]
+    for seed, batch in order:
+        updates = s["seen"] // batch
+        warmup = max(1, round(updates / WARMUP_FRACTION))
+        for rule in RULES:
+            if batch == s["ref"] and rule in ("linear", "sqrt"):
+                continue  # factor 1: the same run as "none"
+            ov = [f"experiment={s['experiment']}", f"train.batch_size={batch}", f"train.seed={seed}"]
+            if rule == "none":
+                ov += ["scaling=none"]
+            elif rule == "lamb":
+                lr = s["lamb_lr"]
+                ov += ["optim=lamb"] + ([f"optim.lr_g={lr:g}", f"optim.lr_d={lr:g}"] if lr else [])
+                ov += ["scaling=sqrt", f"scaling.warmup_steps={warmup}"]
+            else:
+                ov += [f"scaling={rule}", f"scaling.warmup_steps={warmup}"]
+            ov += [f"scaling.ref_batch={s['ref']}"]
+            entries.append(
+                (ov, {"batch": str(batch), "rule": rule, "seed": str(seed), "updates": str(updates)})
+            )
     return entries
 
 
@@ -80,12 +93,21 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from hepgan.sweep.plan import PlanEntry, write_plan
 
     entries = [PlanEntry(tuple(ov), meta) for ov, meta in plan_entries(args.scale)]
+    if args.validate:  # every entry composes and passes the schema, as hepgan-sweep plan checks
+        from hepgan.train.config import compose
+
+        for i, e in enumerate(entries):
+            try:
+                compose(list(e.overrides))
+            except ValueError as exc:
+                sys.exit(f"plan: entry {i} ({' '.join(e.overrides)}) does not compose: {exc}")
     s = SCALES[args.scale]
     path = write_plan(
         args.output,
         entries,
         comment=(
-            f"large-batch study, scale {args.scale}: batches {s['batches']}, rules {list(RULES)}, seeds "
+            f"large-batch study, scale {args.scale}: batches {s['batches'] + s['extra_batches']}, rules "
+            f"{list(RULES)}, seeds "
             f"{s['seeds']}, {s['seen']} showers seen per run, B_ref {s['ref']} "
             "(python experiments/large_batch/study.py plan)"
         ),
@@ -398,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("plan", help="write the study's hepgan-sweep plan")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--no-validate", dest="validate", action="store_false", help="skip composing each entry")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("summarize", help="results.json, table.md and figures from run folders")
     p.add_argument("sweep_dirs", nargs="+")
