@@ -9,6 +9,7 @@ settings), the host and the start time.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -82,6 +83,10 @@ def jax_info() -> dict[str, Any]:
     }
 
 
+# set by ``hepgan-train --rerun RUN_DIR`` to the run re-run; the rerun's manifest records it as ``rerun_of``
+RERUN_ENV = "HEPGAN_RERUN_OF"
+
+
 def build_manifest(
     config: dict[str, Any], *, seed: int, data: dict[str, Any], start_time: datetime | None = None
 ) -> dict[str, Any]:
@@ -97,6 +102,7 @@ def build_manifest(
         "git": git_state(),
         "data": data,
         "config": config,
+        **({"rerun_of": os.environ[RERUN_ENV]} if os.environ.get(RERUN_ENV) else {}),
     }
 
 

@@ -137,6 +137,8 @@ def test_rerun_config_is_the_runs_but_out(original, rerun):
     assert second["data"]["n_reference"] == N_REFERENCE
     assert second["model"]["size"] == "tiny" and second["train"]["max_steps"] == 2
     assert manifest(out)["parallel"]["workers"] == manifest(original)["parallel"]["workers"] == 8
+    # the rerun names its source; the original names none
+    assert manifest(out)["rerun_of"] == str(original.resolve()) and "rerun_of" not in manifest(original)
 
 
 @pytest.mark.slow

@@ -208,6 +208,12 @@ def main() -> None:
     if plan is not None:
         if plan.process_id == 0:
             print("\n".join(plan.notes), file=sys.stderr, flush=True)
+        if rerun_dir is not None:  # the rerun's manifest names the run it re-runs
+            import os
+
+            from hepgan.provenance import RERUN_ENV
+
+            os.environ[RERUN_ENV] = str(Path(rerun_dir).resolve())
         sys.argv = [sys.argv[0], *plan.argv]
         args = parser.parse_args(plan.argv)
     try:
