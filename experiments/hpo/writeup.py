@@ -52,7 +52,7 @@ def load(journal: Path) -> optuna.Study:
 
 
 def study_record(study: optuna.Study) -> dict[str, Any]:
-    """Trials, pruning savings, importances (fANOVA over completed trials) and the best trial."""
+    """Trials, pruning savings, importances (PED-ANOVA over completed trials) and the best trial."""
     trials = study.trials
     budget = max((max(t.intermediate_values) for t in trials if t.intermediate_values), default=0)
     base_batch = min((int(t.params.get("train.batch_size", 0)) for t in trials), default=0) or 1
@@ -92,7 +92,10 @@ def study_record(study: optuna.Study) -> dict[str, Any]:
         "rows": rows,
     }
     if len(done) >= 2:
-        rec["importances"] = optuna.importance.get_param_importances(study)
+        # Optuna's default evaluator (PED-ANOVA), named; ties sorted by name: a rebuild gives the same file
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        rec["importances"] = dict(sorted(imp.items(), key=lambda kv: (-kv[1], kv[0])))
         best = study.best_trial
         rec["best"] = {"trial": best.number, "objective": best.value, "params": best.params}
     return rec
@@ -133,7 +136,8 @@ def markdown(recs: dict[str, dict[str, Any]]) -> str:
             n_done = rec["states"].get("COMPLETE", 0)
             out += [
                 "",
-                f"fANOVA importances over the {n_done} completed trials (too few to rank anything):",
+                f"PED-ANOVA importances (Optuna's default) over the {n_done} completed trials "
+                "(too few to rank anything):",
                 "",
             ]
             out += [f"- `{k}`: {v:.2f}" for k, v in rec["importances"].items() if v >= 0.01]

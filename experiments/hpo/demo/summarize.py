@@ -3,8 +3,9 @@
     python experiments/hpo/demo/summarize.py experiments/hpo/demo/study.journal experiments/hpo/demo
 
 Writes ``trials.csv`` / ``trials.md`` (number, state, objective, parameters, the last validation step
-reached) and ``importances.json`` (fANOVA importances over the completed trials, when there are at least
-two). Reads the study through hepgan's journal storage, the same one the workers wrote.
+reached) and ``importances.json`` (Optuna's default importances, PED-ANOVA, over the completed
+trials, when there are at least two). Reads the study through hepgan's journal storage, the same one
+the workers wrote.
 """
 
 from __future__ import annotations
