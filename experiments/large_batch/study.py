@@ -287,6 +287,8 @@ def write_table(summary: dict[str, Any], path: Path) -> None:
             f"{falls}."
             if falls
             else "No batch falls below the reference by more than the tolerance under its best rule."
+            if math.isfinite(summary["tolerance"])
+            else "(The tolerance needs two seeds at the reference batch.)"
         ),
         f"B_noise at the reference batch (median over the second half of training, seed mean): generator "
         f"{_fmt(summary['b_noise_at_ref']['g'], 1)}, discriminator "
