@@ -380,14 +380,60 @@ def plot(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> l
     return [p1, p2]
 
 
+def showers_figure(runs: dict[tuple[int, str], Path], out: Path) -> Path | None:
+    """``showers_seed0.png``: per batch (rows) and rule (columns) the generated half (mean x-y and y-z
+    energy) of each seed-0 run's report figure ``projections.png``, the simulated half once on top.
+    ``runs``: ``(batch, rule) -> run folder``. None when no run has its report yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    found = {k: p / "report" / "figures" / "projections.png" for k, p in runs.items()}
+    found = {k: f for k, f in found.items() if f.is_file()}
+    if not found:
+        return None
+    batches = sorted({b for b, _ in found})
+    rules = [r for r in RULES if any(rr == r for _, rr in found)]
+    fig, axes = plt.subplots(
+        len(batches) + 1, len(rules), figsize=(3.2 * len(rules), 1.7 * (len(batches) + 1)), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    first = mpimg.imread(next(iter(found.values())))
+    h = first.shape[0] // 2
+    axes[0][0].imshow(first[:h])  # the report's top half: the simulated showers, the same in every run
+    axes[0][0].set_title("simulated (every run's reference)", fontsize=8)
+    for i, b in enumerate(batches, start=1):
+        for j, r in enumerate(rules):
+            f = found.get((b, r))
+            if f is None:
+                continue
+            img = mpimg.imread(f)
+            axes[i][j].imshow(img[img.shape[0] // 2 :])
+            axes[i][j].set_title(f"batch {b}, {r}", fontsize=8)
+    fig.suptitle(
+        "Generated showers, seed 0: mean x-y and y-z energy (each panel's own log colour scale)", fontsize=9
+    )
+    fig.tight_layout()
+    path = out / "showers_seed0.png"
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def cmd_summarize(args: argparse.Namespace) -> None:
     records = []
+    seed0: dict[tuple[int, str], Path] = {}
     for d in args.sweep_dirs:
         for run in sorted(Path(d).iterdir(), key=lambda p: (len(p.name), p.name)):
             if run.is_dir():
                 rec = read_run(run)
                 if rec is not None:
                     records.append(rec)
+                    if rec["seed"] == 0 and rec["status"] == "ok":
+                        seed0[(rec["batch"], rec["rule"])] = run
     if not records:
         sys.exit(
             f"summarize: no run folders with a manifest.json under {', '.join(map(str, args.sweep_dirs))}"
@@ -402,6 +448,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     )
     write_table(summary, out / "table.md")
     paths = plot(records, summary, out)
+    showers = showers_figure(seed0, out)
+    paths += [showers] if showers else []
     print(f"{len(records)} runs -> {out / 'results.json'}, {out / 'table.md'}, " + ", ".join(map(str, paths)))
 
 
