@@ -464,19 +464,22 @@ def plan_rerun(run_dir: str, rest: Sequence[str], *, runs: bool = True) -> Plan:
         + f" into {target}"
         + (f"; device layout kept with {pinned}" if pinned else "")
     )
-    if items := provenance_warnings(manifest):
-        notes.append(
-            _warning(
-                "the rerun may not be bitwise equal to the run, which needs the same code and package "
-                "versions" + (f" (`git checkout {commit}`)" if commit else ""),
-                items,
-            )
-        )
+    notes += _provenance_notes(manifest, "the rerun may not be bitwise equal to the run")
     if (device := device_warning(manifest)) is not None:
         notes.append(_warning("other devices", [device]))
     launch, _ = planned(parallel)
     argv, tmp = _handover(list(rest), config)
     return Plan(argv, tmp, target, notes, launch.process_id if launch is not None else 0)
+
+
+def _provenance_notes(manifest: dict[str, Any], what: str) -> list[str]:
+    """One warning (or none) listing how the code and packages differ from ``manifest``'s; ``what``
+    starts the sentence."""
+    commit = (manifest.get("git") or {}).get("commit")
+    if not (items := provenance_warnings(manifest)):
+        return []
+    checkout = f" (`git checkout {commit}`)" if commit else ""
+    return [_warning(f"{what}, which needs the same code and package versions{checkout}", items)]
 
 
 def plan_saved_config(hydra_dir: str, argv: Sequence[str]) -> Plan:
@@ -503,15 +506,9 @@ def plan_saved_config(hydra_dir: str, argv: Sequence[str]) -> Plan:
     except (OSError, ValueError):
         manifest = None
     if isinstance(manifest, dict):
-        commit = (manifest.get("git") or {}).get("commit")
-        if items := provenance_warnings(manifest):
-            notes.append(
-                _warning(
-                    "a run of this config may not be bitwise equal to the recorded one, which needs the "
-                    "same code and package versions" + (f" (`git checkout {commit}`)" if commit else ""),
-                    items,
-                )
-            )
+        notes += _provenance_notes(
+            manifest, "a run of this config may not be bitwise equal to the recorded one"
+        )
     launch, _ = planned(config.get("parallel") or {})
     argv_out, tmp = _handover(list(argv), config)
     out = config.get("out")
