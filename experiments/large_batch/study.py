@@ -314,10 +314,12 @@ def plot(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> l
         strict=True,
     ):
         for rule in RULES:
+            # linear and sqrt start from the reference configuration (factor 1 at B_ref: listed as none)
+            shared = rule in ("linear", "sqrt")
             cs = [
                 c
                 for c in summary["cells"]
-                if c["rule"] == rule or (c["batch"] == ref and c["rule"] == "none")
+                if c["rule"] == rule or (shared and c["batch"] == ref and c["rule"] == "none")
             ]
             cs = sorted(cs, key=lambda c: c["batch"])
             xs = [c["batch"] for c in cs if math.isfinite(c[key])]
@@ -335,6 +337,8 @@ def plot(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> l
                     [r["batch"] for r in bad], [ax.get_ylim()[1]] * len(bad), "x", color=colors[rule], ms=7
                 )
         ax.set_xscale("log", base=2)
+        if key != "auc_hlf":
+            ax.set_yscale("log")
         ax.set_xlabel("global batch")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
