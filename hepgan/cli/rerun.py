@@ -176,7 +176,7 @@ def predicted_devices(
     without starting JAX as :func:`hepgan.parallel.cpu.configure` decides it (XLA's forced CPU device
     count; one device with ``cpu_layout`` shared; else the most usable cores that divide the global
     batch). None on an accelerator host, which cannot be counted before JAX starts."""
-    from hepgan.parallel.cpu import accelerator_host, usable_cores
+    from hepgan.parallel.cpu import accelerator_host, device_count, usable_cores
 
     env = os.environ if environ is None else environ
     if accelerator_host() if accelerator is None else accelerator:
@@ -184,12 +184,10 @@ def predicted_devices(
     forced = _COUNT_FLAG.search(env.get("XLA_FLAGS", ""))
     if forced:
         return int(forced.group(1))
-    if parallel.get("cpu_layout") == "shared" or parallel.get("backend") == "mpi":
+    if parallel.get("cpu_layout") == "shared":
         return 1
     n = cores if cores is not None else usable_cores()
-    if global_batch:
-        n = max(k for k in range(1, n + 1) if global_batch % k == 0)
-    return n
+    return device_count(n, None, global_batch, one_device_per_process=parallel.get("backend") == "mpi")
 
 
 def layout_pins(

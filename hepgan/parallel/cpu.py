@@ -70,6 +70,18 @@ def _backends_started() -> bool:
         return False
 
 
+def device_count(
+    cores: int, devices: int | None, global_batch: int | None, *, one_device_per_process: bool = False
+) -> int:
+    """The CPU devices of the ``per_core`` layout: ``devices`` if given, else one per usable core, reduced
+    to the most that divide ``global_batch`` (every device takes an equal share); 1 for the mpi backend
+    (``one_device_per_process``)."""
+    n = 1 if one_device_per_process else (devices or cores)
+    if devices is None and global_batch:
+        n = max(k for k in range(1, n + 1) if global_batch % k == 0)
+    return n
+
+
 def configure(
     layout: str,
     devices: int | None,
@@ -96,9 +108,7 @@ def configure(
     if _COUNT_FLAG in flags:
         return CpuLayout("kept", None, f"XLA_FLAGS sets the CPU device count already ({flags.strip()})")
     cores = usable_cores()
-    n = 1 if one_device_per_process else (devices or cores)
-    if devices is None and global_batch:  # every device takes an equal share of the batch
-        n = max(k for k in range(1, n + 1) if global_batch % k == 0)
+    n = device_count(cores, devices, global_batch, one_device_per_process=one_device_per_process)
     # the count first, the user's flags next, the one-thread flags last (see ONE_THREAD)
     os.environ["XLA_FLAGS"] = " ".join(f for f in (f"{_COUNT_FLAG}={n}", flags.strip(), ONE_THREAD) if f)
     what = "one device per process" if one_device_per_process else f"{n} devices on {cores} usable cores"
