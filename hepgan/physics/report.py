@@ -50,6 +50,7 @@ def write_report(
     observables: tuple[ObservableSet, ObservableSet] | None = None,
     title: str = "hepgan physics validation",
     skipped: dict[str, str] | None = None,
+    links: list[tuple[str, str, str]] | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``figures/*.png`` and ``report.html`` (figures embedded as base64 PNG, so
     the page is one file to copy around) into ``out_dir``; return the HTML path.
@@ -58,7 +59,9 @@ def write_report(
     ``metrics``: what :func:`hepgan.physics.metrics.evaluate` returned; ``observables``: the two sets'
     :class:`ObservableSet` if already computed (saves recomputing them); ``skipped``: the metrics that
     could not be computed and why (filled by ``evaluate(..., skipped=...)``), listed in ``metrics.json``
-    and on the page. ``metrics.json`` is written first, so a failure in the figures does not lose it.
+    and on the page; ``links``: ``(title, href relative to the page, what it shows)`` of pages to list
+    under "Explain" (the run's ``hepgan-explain`` pages). ``metrics.json`` is written first, so a failure
+    in the figures does not lose it.
     """
     out = Path(out_dir)
     fig_dir = out / "figures"
@@ -89,6 +92,13 @@ def write_report(
             f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in sorted(skipped.items())
         )
         skipped_part = f"<h2>Skipped metrics</h2><p>Not computed for these sets:</p><ul>{items}</ul>"
+    explain_part = ""
+    if links:
+        items = "".join(
+            f'<li><a href="{html.escape(href)}">{html.escape(t)}</a>: {html.escape(what)}</li>'
+            for t, href, what in links
+        )
+        explain_part = f"<h2>Explain</h2><ul>{items}</ul>"
     all_rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in sorted(metrics.items())
     )
@@ -102,6 +112,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;t
 Lower is better for every distance; classifier AUC 0.5 means indistinguishable.</p>
 <h2>Main numbers</h2><table>{"".join(head_rows)}</table>
 {skipped_part}
+{explain_part}
 <h2>Figures</h2>{"".join(sections)}
 <h2>All metrics</h2><table>{all_rows}</table>
 </body></html>

@@ -119,12 +119,22 @@ class LoggingConfig:
     every_steps: training metrics to CSV/TensorBoard and the non-finite check every N steps; 10 keeps
     host synchronisations rare.
     tensorboard, csv: enable the writers. progress: rich progress bar on stderr.
+    layer_stats_every: per-layer weight, gradient and update norms of both players to ``layers.csv`` (and
+    TensorBoard) every N steps; 0 turns them off (the step then does not compute them).
+    dynamics_events: at each validation, the discriminator's output on this many reference showers and on
+    as many generated ones, per energy (and angle) bin, and the generated showers' diversity against the
+    data's, to ``dynamics.csv`` (read by ``hepgan-explain dynamics``); 0 turns it off.
+    tb_showers: at each validation, shower projections (images) and observable histograms of the generated
+    and the reference showers in TensorBoard.
     """
 
     every_steps: int = 10
     tensorboard: bool = True
     csv: bool = True
     progress: bool = True
+    layer_stats_every: int = 20
+    dynamics_events: int = 512
+    tb_showers: bool = True
 
 
 @dataclass
@@ -242,6 +252,8 @@ RANGES: dict[str, Range] = {
     "train.max_rollbacks": _NONNEG,
     "train.rollback_lr_factor": Range(0, 1, lo_open=True),  # a rollback never raises the learning rate
     "logging.every_steps": _COUNT,  # the loop logs and checks for non-finite values at step % N == 0
+    "logging.layer_stats_every": _NONNEG,
+    "logging.dynamics_events": _NONNEG,
     "parallel.devices": _COUNT,
     "parallel.num_processes": _COUNT,
     "parallel.process_id": _NONNEG,

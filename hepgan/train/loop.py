@@ -32,6 +32,7 @@ from hepgan.fileio import write_json, write_text
 from hepgan.train.checkpoint import model_tag
 from hepgan.train.config import Config, to_config, to_dict
 from hepgan.train.state import GANState, param_count
+from hepgan.train.step import LAYER_PREFIX
 
 log = logging.getLogger("hepgan.train")
 
@@ -169,8 +170,50 @@ def _trim_csv(path: Path, last_step: int) -> None:
         write_text(path, out.getvalue())
 
 
+def tb_tag(kind: str, key: str) -> str:
+    """The TensorBoard tag of metric ``key`` of a ``kind`` ("train" or "val") row, grouped as users read
+    them: ``D/`` and ``G/`` (each player's loss and D(real), D(fake)), ``D_terms/`` and ``G_terms/`` (the
+    loss terms), ``health/`` (gradient, parameter and update norms, critical batch, finite, lr scale),
+    ``optim/`` (learning rates), ``progress/``, ``layers_g/`` and ``layers_d/`` (per-layer norms),
+    ``physics/`` and ``physics_sep/`` (validation metrics and per-observable separation powers),
+    ``dynamics/`` (D per bin and diversity at validation), ``validation/`` (its bookkeeping)."""
+    if key.startswith(LAYER_PREFIX):
+        _, who, rest = key.split("/", 2)
+        return f"layers_{who}/{rest}"
+    if kind == "val":
+        if key.startswith("sep"):
+            return f"physics_sep/{key.removeprefix('sep/')}"
+        if key.startswith("dyn_"):
+            return f"dynamics/{key.removeprefix('dyn_')}"
+        if key in ("val_seconds", "showers_seen", "train_seconds") or key.startswith("n_"):
+            return f"validation/{key}"
+        return f"physics/{key}"
+    if key in ("d_loss", "g_loss"):
+        return f"{key[0].upper()}/loss"
+    if key in ("d_real_p", "d_fake_p", "d_real_loss", "d_fake_loss"):
+        return f"D/{key[2:]}"
+    health = ("_grad_norm", "_param_norm", "_update_norm")
+    if key.endswith(health) or key in ("lr_scale", "finite") or key.startswith("b_noise") or "_gns_" in key:
+        return f"health/{key}"
+    if key.startswith("lr_"):
+        return f"optim/{key}"
+    if key in ("showers_per_s", "epoch"):
+        return f"progress/{key}"
+    if key.startswith(("d_", "g_")):
+        return f"{key[0].upper()}_terms/{key[2:]}"
+    return f"{kind}/{key}"
+
+
+#: long-format logs beside train.csv and val.csv: file -> header
+LONG_LOGS = {
+    "layers": ("step", "player", "layer", "weight_norm", "grad_norm", "update_norm", "update_ratio"),
+    "dynamics": ("step", "quantity", "variable", "lo", "hi", "value", "n"),
+}
+
+
 class _Logs:
-    """CSV and TensorBoard writers of one run (train rows and validation rows apart).
+    """CSV and TensorBoard writers of one run (train rows and validation rows apart, per-layer norms in
+    ``layers.csv``, the validation's dynamics in ``dynamics.csv``).
 
     ``resume_step``: the step the run resumes from (-1: a fresh start); log rows and TensorBoard events
     after it, which an interrupted attempt wrote, are dropped (the resumed run writes them again).
@@ -181,7 +224,7 @@ class _Logs:
         self.writers: dict[str, csv.DictWriter] = {}
         self.run_dir, self.use_csv = run_dir, cfg.csv
         if cfg.csv:
-            for kind in ("train", "val"):
+            for kind in ("train", "val", *LONG_LOGS):
                 _trim_csv(run_dir / f"{kind}.csv", resume_step)
         self.tb = None
         if cfg.tensorboard:
@@ -192,22 +235,85 @@ class _Logs:
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
     def write(self, kind: str, step: int, row: dict[str, float]) -> None:
+        """One row of ``{kind}.csv`` ("train" or "val"), its scalars in TensorBoard (see :func:`tb_tag`)."""
         if self.tb is not None:
             for k, v in row.items():
                 # an undefined value (the critical-batch estimate while |G|^2 <= 0) stays in the CSV as
                 # nan; TensorBoard cannot plot it and would warn on every write
                 if math.isfinite(v):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
-        if not self.use_csv:
+                    self.tb.add_scalar(tb_tag(kind, k), v, step)
+        if self.use_csv:
+            self._csv_row(kind, {"step": step, **row})
+
+    def write_long(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Rows of a long-format log (``kind`` in :data:`LONG_LOGS`), CSV only."""
+        if self.use_csv:
+            for row in rows:
+                self._csv_row(kind, row, LONG_LOGS[kind])
+
+    def write_layers(self, step: int, metrics: dict[str, float]) -> None:
+        """The per-layer norms of one step (``layer/{who}/{layer}/{weight|grad|update}`` metrics) as
+        ``layers.csv`` rows and TensorBoard scalars (``layers_g/``, ``layers_d/``)."""
+        layers: dict[tuple[str, str], dict[str, float]] = {}
+        for k, v in metrics.items():
+            if k.startswith(LAYER_PREFIX):
+                _, who, layer, what = k.split("/")
+                layers.setdefault((who, layer), {})[what] = v
+        rows = []
+        for (who, layer), m in sorted(layers.items()):
+            w, g, u = m.get("weight", math.nan), m.get("grad", math.nan), m.get("update", math.nan)
+            ratio = u / w if w > 0 else math.nan
+            rows.append(
+                {
+                    "step": step, "player": who, "layer": layer, "weight_norm": w, "grad_norm": g,
+                    "update_norm": u, "update_ratio": ratio,
+                }
+            )  # fmt: skip
+            if self.tb is not None:
+                for name, v in (("weight_norm", w), ("grad_norm", g), ("update_ratio", ratio)):
+                    if math.isfinite(v):
+                        self.tb.add_scalar(f"layers_{who}/{layer}/{name}", v, step)
+        self.write_long("layers", rows)
+
+    def validation_media(
+        self, step: int, figure: Any, histograms: dict[str, np.ndarray], tag: str = "showers/single"
+    ) -> None:
+        """TensorBoard images and histograms of one validation: ``figure`` (matplotlib, closed here)
+        as image ``tag``, each ``histograms`` entry (``{tag: [N] values}``) as a histogram."""
+        if self.tb is None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
             return
-        row = {"step": step, **row}
+        self.tb.add_figure(tag, figure, step, close=True)
+        for tag, values in histograms.items():
+            finite = np.asarray(values, np.float64)
+            finite = finite[np.isfinite(finite)]
+            if finite.size:
+                self.tb.add_histogram(tag, finite, step)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """The run's hyperparameters with its final metrics (at ``step``) for TensorBoard's HParams tab, in
+        the run's own event files: ``metrics`` keys are tags of scalars the run logs (``physics/...``) or
+        new ones under ``hparams/``, written here."""
+        if self.tb is None:
+            return
+        from tensorboardX.summary import hparams as hparams_summary
+
+        for summary in hparams_summary(hparams, metrics):
+            self.tb.file_writer.add_summary(summary, step)
+        for tag, v in metrics.items():  # the ones no other writer logs
+            if tag.startswith("hparams/") and math.isfinite(v):
+                self.tb.add_scalar(tag, v, step)
+
+    def _csv_row(self, kind: str, row: dict[str, Any], header: tuple[str, ...] | None = None) -> None:
         if kind not in self.writers:
             path = self.run_dir / f"{kind}.csv"
-            if path.exists():  # resumed run: keep the header the file was started with
+            if path.exists() and path.stat().st_size:  # resumed run: keep the header the file started with
                 with open(path) as f:
-                    fields = next(csv.reader(f), list(row))
+                    fields = next(csv.reader(f), list(header or row))
             else:
-                fields = list(row)
+                fields = list(header or row)
             self.files[kind] = open(path, "a", newline="")
             self.writers[kind] = csv.DictWriter(self.files[kind], fieldnames=fields, extrasaction="ignore")
             if not path.stat().st_size:
@@ -224,6 +330,79 @@ class _Logs:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+def _hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The scalar settings of a resolved config as TensorBoard hparams: ``group.key`` -> bool, int, float
+    or str (lists as their text; ``None`` as "None"), for the groups a sweep varies."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, bool | int | float | str):
+            out[prefix] = node
+        else:
+            out[prefix] = str(node)
+
+    for group in ("model", "optim", "train", "scaling", "parallel"):
+        walk(group, config.get(group, {}))
+    walk("data.n_events", config.get("data", {}).get("n_events"))
+    return out
+
+
+class _DynamicsProbe:
+    """At each validation on the main process: D(real) and D(fake) per energy/angle bin and the diversity
+    indicators (``dynamics.csv``, ``logging.dynamics_events`` showers), and TensorBoard images of single
+    showers and histograms of their observables (``logging.tb_showers``). Returns TensorBoard scalars
+    (``dyn_*`` metrics of the validation row)."""
+
+    def __init__(self, run: Any, reference: Showers, lc: Any):
+        from hepgan.physics.extract import extract
+
+        self.run, self.lc = run, lc
+        n = min(lc.dynamics_events or 256, len(reference))
+        self.n = n
+        self.reference = reference[np.arange(n)]
+        self.ref_obs = extract(self.reference) if (lc.dynamics_events or lc.tb_showers) else None
+        self.ref_x: np.ndarray | None = None
+
+    def __call__(self, step: int, state: GANState, generated: Showers, logs: _Logs) -> dict[str, float]:
+        from hepgan.physics.extract import extract
+        from hepgan.train import probes
+
+        if self.ref_obs is None:
+            return {}
+        gen = generated[np.arange(self.n)]
+        gen_obs = extract(gen)
+        out: dict[str, float] = {}
+        if self.lc.dynamics_events:
+            batch = self.run.conf.train.batch_size
+            if self.ref_x is None:
+                self.ref_x = self.run.preprocess.apply(self.reference)["ecal"]
+            players = self.run.players
+            d_real = probes.discriminator_probs(players, state, self.ref_x, batch=batch)
+            fake_x = self.run.preprocess.apply(gen)["ecal"]
+            d_fake = probes.discriminator_probs(players, state, fake_x, batch=batch)
+            rows = probes.dynamics_rows(
+                step, d_real, d_fake, gen.energy, gen.theta, gen_obs.scalars, self.ref_obs.scalars
+            )
+            logs.write_long("dynamics", rows)
+            out = {f"dyn_{k}": v for k, v in probes.summary(rows).items()}
+        if self.lc.tb_showers and logs.tb is not None:
+            from hepgan.physics.plots import projections_figure
+
+            hists = {}
+            for name in ("e_vis", "sf", "z_mean", "x_var", "hits", "shower_max"):
+                if name in gen_obs.scalars:
+                    hists[f"observables_generated/{name}"] = gen_obs.scalars[name]
+                    hists[f"observables_reference/{name}"] = self.ref_obs.scalars[name]
+            single = probes.shower_figure(gen.ecal, self.reference.ecal, gen.energy)
+            logs.validation_media(step, single, hists)
+            mean = projections_figure(gen_obs, self.ref_obs)
+            logs.validation_media(step, mean, {}, tag="showers/mean_projections")
+        return out
 
 
 FIT_RESULT = "fit_result.json"
@@ -259,7 +438,32 @@ def _write_final_report(
     full = {k: float(v) for k, v in computed.items()}
     if history:  # the starting point, to show what training changed
         full.update({f"step0/{k}": history[0][k] for k in ("physics_score", "sf_rel_error")})
-    return write_report(run_dir / "report", generated, reference, full, title=title, skipped=skipped)
+    links = _explain_links(run_dir)
+    return write_report(
+        run_dir / "report", generated, reference, full, title=title, skipped=skipped, links=links
+    )
+
+
+def _explain_links(run_dir: Path) -> list[tuple[str, str, str]]:
+    """The training dynamics page (``hepgan-explain dynamics``: from the logs alone, seconds) written now
+    into ``run_dir/explain``, and the report's links to it and to the other explain pages (made by
+    ``hepgan-explain all``). A failure here costs the link, never the report or the run."""
+    from hepgan.cli.explain import PAGES, write_index
+
+    out = run_dir / "explain"
+    try:
+        from hepgan.explain.dynamics import explain_dynamics
+
+        explain_dynamics(run_dir, out)
+        write_index(out, run_dir)
+    except Exception as exc:  # the report and the training stand without the page
+        log.error("the training dynamics page failed (%s); hepgan-explain dynamics %s retries", exc, run_dir)
+    links = [(t, f"../explain/{page}", what) for page, t, what in PAGES if (out / page).exists()]
+    missing = [t for page, t, _ in PAGES if not (out / page).exists()]
+    if (out / "index.html").exists():
+        note = f"all explain pages; {', '.join(missing)}: run hepgan-explain all {run_dir}" if missing else ""
+        links.insert(0, ("Explain index", "../explain/index.html", note or "all explain pages"))
+    return links
 
 
 def fit(
@@ -377,12 +581,14 @@ def fit(
             "model": model_tag(model_cfg),
         }
 
+    probe = _DynamicsProbe(run, reference, lc) if par.is_main and lc.csv | lc.tensorboard else None
+
     def run_validation(step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        metrics = {
-            k: float(v)
-            for k, v in evaluate(generate_reference(state), reference, metrics=tc.val_metrics).items()
-        }
+        generated = generate_reference(state)
+        metrics = {k: float(v) for k, v in evaluate(generated, reference, metrics=tc.val_metrics).items()}
+        if probe is not None:
+            metrics.update(probe(step, state, generated, logs))
         metrics["val_seconds"] = time.perf_counter() - t0
         # for convergence curves: showers seen, and training wall time of this process (compilation
         # included; validation, checkpoints and reports not; a resumed run counts from its restart)
@@ -428,8 +634,11 @@ def fit(
         transient=False,
     )
 
+    layer_every = lc.layer_stats_every
+
     def check_pending() -> None:
-        """Fetch the buffered step metrics; raise NonFiniteError at the first non-finite one."""
+        """Fetch the buffered step metrics; raise NonFiniteError at the first non-finite one. Writes the
+        per-layer norms of the steps due (``logging.layer_stats_every``)."""
         nonlocal last_good, last_metrics
         if not pending:
             return
@@ -447,7 +656,11 @@ def fit(
             for p, tracker in gns.items():
                 if f"{p}_gns_g2" in m:
                     tracker.update(float(m[f"{p}_gns_g2"]), float(m[f"{p}_gns_s"]))
-        last_metrics = {k: float(v) for k, v in fetched[-1].items()}
+        if layer_every:
+            for (s, _), m in zip(pending, fetched, strict=True):
+                if s % layer_every == 0 or s == total_steps:
+                    logs.write_layers(s, {k: float(v) for k, v in m.items() if k.startswith(LAYER_PREFIX)})
+        last_metrics = {k: float(v) for k, v in fetched[-1].items() if not k.startswith(LAYER_PREFIX)}
         last_metrics.update({f"b_noise_{p}": t.b_noise for p, t in gns.items() if t.n})
         scale = last_metrics.get("lr_scale", 1.0)
         lrs = opt.effective_lr({p: last_good * n for p, n in updates_per_step.items()})
@@ -586,6 +799,18 @@ def fit(
         raise
     finally:
         stop.restore()
+    if par.is_main:
+        best_row = min(history, key=lambda h: h["physics_score"]) if history else final
+        logs.hparams(
+            _hparams(to_dict(conf)),
+            {
+                "physics/physics_score": final["physics_score"],
+                "physics/sf_rel_error": final["sf_rel_error"],
+                "hparams/best_physics_score": best_row["physics_score"],
+                "hparams/showers_per_s": timing["steps"] * tc.batch_size / max(timing["train_seconds"], 1e-9),
+            },
+            step,
+        )
     report_path, report_error = None, None
     if tc.report and par.is_main:
         t0 = time.perf_counter()

@@ -179,7 +179,9 @@ def build_run(
     )
 
     # ---- the update ----------------------------------------------------------------------------------------
-    step_config = StepConfig.from_train(tc, arch=model.arch, cell_power=preprocess.cell_power)
+    step_config = StepConfig.from_train(
+        tc, arch=model.arch, cell_power=preprocess.cell_power, layer_stats=conf.logging.layer_stats_every > 0
+    )
     if par is not None:
         state = par.place_state(state)
         update = make_step(players, step_config, par.reducer)

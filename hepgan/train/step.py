@@ -63,7 +63,8 @@ class StepConfig:
     target; ``ema_decay``: generator EMA decay (0 = off); ``aux_scale``: factor on every loss term but
     the real/fake BCE (energy, ECAL sum, angle) when ``weights`` is None (1 = the paper's weights);
     ``adv_loss``: the real/fake loss, one of :data:`hepgan.train.losses.ADV_LOSSES` ("bce" = the paper);
-    ``d_batch``: :data:`D_BATCH` ("separate" = the paper; "joint" needs schedule n_critic or simultaneous).
+    ``d_batch``: :data:`D_BATCH` ("separate" = the paper; "joint" needs schedule n_critic or simultaneous);
+    ``layer_stats``: also return per-layer norms (see :func:`layer_norms`; metrics ``layer/...``).
     """
 
     arch: str = "fixed25"
@@ -79,13 +80,16 @@ class StepConfig:
     aux_scale: float = 1.0
     adv_loss: str = "bce"
     d_batch: str = "separate"
+    layer_stats: bool = False
 
     @classmethod
-    def from_train(cls, train: Any, *, arch: str, cell_power: float) -> StepConfig:
+    def from_train(cls, train: Any, *, arch: str, cell_power: float, layer_stats: bool = False) -> StepConfig:
         """The step settings of a run: ``train`` a ``TrainConfig`` (the ``train`` group), ``arch`` the
-        model's architecture, ``cell_power`` the preprocessing's power. The one place that maps the
-        config onto the step, for the trainer and for everything that must measure the same update."""
+        model's architecture, ``cell_power`` the preprocessing's power, ``layer_stats`` whether the step
+        returns per-layer norms (``logging.layer_stats_every > 0``). The one place that maps the config
+        onto the step, for the trainer and for everything that must measure the same update."""
         return cls(
+            layer_stats=layer_stats,
             arch=arch,
             schedule=train.schedule,
             n_critic=train.n_critic,
@@ -135,6 +139,21 @@ def _norm(tree: Any) -> jax.Array:
     return optax.tree.norm(tree)
 
 
+LAYER_PREFIX = "layer/"
+"""Metric names of the per-layer norms: ``layer/{g|d}/{layer}/{weight|grad|update}``."""
+
+
+def layer_norms(tree: Any) -> dict[str, jax.Array]:
+    """L2 norm of each layer of a parameter tree: ``{layer: scalar}``, a layer being the top-level name
+    of the tree (``dense``, ``conv1``, ``bn1``, ``head_logit``: one Flax submodule's arrays together)."""
+    groups: dict[str, list[jax.Array]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        first = path[0]
+        name = str(getattr(first, "key", getattr(first, "name", getattr(first, "idx", first))))
+        groups.setdefault(name, []).append(jnp.sum(jnp.square(leaf.astype(jnp.float32))))
+    return {k: jnp.sqrt(sum(v[1:], v[0])) for k, v in groups.items()}
+
+
 class _Part(NamedTuple):
     """One batch the discriminator is scored on: its name ("real"/"fake"), cells ``[B,X,Y,Z]``, labels
     ``[B]`` and conditions (energy ``[B]`` E/100, theta ``[B]`` rad, ECAL-sum target ``[B]``)."""
@@ -154,6 +173,7 @@ class _Stepped(NamedTuple):
     metrics: Metrics
     grad_norm: jax.Array
     gns: Metrics
+    layer_grad: dict[str, jax.Array] | None = None  # per-layer gradient norms (StepConfig.layer_stats)
 
 
 def _validate(cfg: StepConfig) -> None:
@@ -324,7 +344,8 @@ class GANUpdate:
         updates, opt_state = getattr(self.players, who).tx.update(grads, ps.opt_state, ps.params)
         updates = jax.tree.map(lambda u: u * (ps.lr * state.lr_scale), updates)
         new = ps.replace(params=optax.apply_updates(ps.params, updates), opt_state=opt_state, batch_stats=bs)
-        return new, _Stepped(aux, _norm(grads), gns)
+        layers = layer_norms(grads) if self.cfg.layer_stats else None
+        return new, _Stepped(aux, _norm(grads), gns, layers)
 
     def d_update(self, state: GANState, parts: list[_Part], key: jax.Array) -> tuple[PlayerState, _Stepped]:
         """One discriminator step on the batches ``parts``."""
@@ -395,7 +416,8 @@ class GANUpdate:
     ) -> Metrics:
         """The step's scalar metrics: the discriminator's losses as of its last step on each batch kind
         and the generator's averaged over its steps (both averaged over the workers), per-player
-        gradient-noise estimators, gradient, parameter and update norms, ``finite``, ``lr_scale``."""
+        gradient-noise estimators, gradient, parameter and update norms, ``finite``, ``lr_scale``; with
+        ``layer_stats`` also each layer's weight, largest gradient and update norm (``layer/...``)."""
         metrics: Metrics = {}
         for info in d_steps:
             metrics.update(info.metrics)
@@ -407,6 +429,13 @@ class GANUpdate:
             after, before = getattr(new, who).params, getattr(old, who).params
             metrics[f"{who}_param_norm"] = _norm(after)
             metrics[f"{who}_update_norm"] = _norm(jax.tree.map(jnp.subtract, after, before))
+            if self.cfg.layer_stats:  # the largest gradient of the step's updates, as {who}_grad_norm
+                weight, update = layer_norms(after), layer_norms(jax.tree.map(jnp.subtract, after, before))
+                for layer in weight:
+                    grad = jnp.max(jnp.stack([i.layer_grad[layer] for i in infos if i.layer_grad]))
+                    base = f"{LAYER_PREFIX}{who}/{layer}/"
+                    metrics.update({base + "weight": weight[layer], base + "grad": grad})
+                    metrics[base + "update"] = update[layer]
         metrics["d_loss"] = jnp.sum(
             jnp.stack([v for k, v in metrics.items() if k.startswith("d_") and k.endswith("_loss")])
         )
