@@ -379,6 +379,7 @@ class ConvSpec(NamedTuple):
 
 _RECORDING: list[list[ConvSpec]] = []
 _SPECTRA: list[dict[str, jax.Array]] = []
+_TAPS: list[dict[str, Callable[[jax.Array], jax.Array]]] = []
 
 
 @contextlib.contextmanager
@@ -400,6 +401,32 @@ def use_kernel_spectra(spectra: dict[str, jax.Array]) -> Iterator[None]:
         yield
     finally:
         _SPECTRA.pop()
+
+
+@contextlib.contextmanager
+def tap_outputs(taps: dict[str, Callable[[jax.Array], jax.Array]]) -> Iterator[None]:
+    """Inside the ``with`` block (traced or not), every ``Conv3D`` named in ``taps`` passes its output
+    ``[B, X', Y', Z', Cout]`` (bias added, before any activation) through ``taps[name]`` and returns what
+    that gives (same shape and dtype expected): record it, or zero some channels (ablation).
+
+    The callable runs at trace time under ``jit``, so enter the block inside the jitted function (a
+    compiled function does not retrace when taps change); to record, store the value in a container made
+    inside the traced function and return it from there. Other code can tap its own layers by
+    name with :func:`apply_tap`. Nested blocks do not merge: the innermost one applies. Outside any
+    block, and for layers not named, the model computes exactly what it computes without taps.
+    """
+    _TAPS.append(taps)
+    try:
+        yield
+    finally:
+        _TAPS.pop()
+
+
+def apply_tap(name: str, y: jax.Array) -> jax.Array:
+    """``y`` passed through the innermost :func:`tap_outputs` callable for layer ``name``, or ``y``
+    itself when no tap names it."""
+    fn = _TAPS[-1].get(name) if _TAPS else None
+    return y if fn is None else fn(y)
 
 
 def kernel_spectra(model: nnx.Module, x: jax.Array | jax.ShapeDtypeStruct) -> dict[str, jax.Array]:
@@ -459,7 +486,8 @@ class Conv3D(nnx.Module):
         self.name = name
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """``x: [B, X, Y, Z, Cin]`` -> ``[B, X', Y', Z', Cout]`` (``X' = fx X + lo + hi - kx + 1``)."""
+        """``x: [B, X, Y, Z, Cin]`` -> ``[B, X', Y', Z', Cout]`` (``X' = fx X + lo + hi - kx + 1``), through
+        the :func:`tap_outputs` tap named ``self.name`` if one is active."""
         if _RECORDING:
             _RECORDING[-1].append(
                 ConvSpec(
@@ -477,4 +505,4 @@ class Conv3D(nnx.Module):
             y = conv3d(x, self.kernel[...], self.padding, self.impl, self.upsample)
         if self.bias is not None:
             y = y + self.bias[...].reshape(1, 1, 1, 1, -1)
-        return y
+        return apply_tap(self.name, y)
