@@ -5,6 +5,11 @@
 
 The generator is the run's EMA generator at its newest intact checkpoint (``--best``: the checkpoint with
 the lowest validation ``physics_score``); showers are in file units (GeV), as the training data.
+Every file records where its showers came from: the attribute ``hepgan_provenance`` (JSON: run directory,
+checkpoint kind and step, config fingerprint, seed, batch, BatchNorm statistics mode, energy and angle
+specs, versions, time) with plain copies ``hepgan_*``, and the per-event dataset ``hepgan_latent_index``
+(the shower's index in the generation: generator chunk ``index // batch``, row ``index % batch``), from
+which :func:`hepgan.explain.regenerate.regenerate` draws any one shower again, bit for bit.
 Exit status 0 on success, 1 with a one-paragraph message when the run cannot be restored (missing or
 damaged checkpoint, a model that does not match the checkpoint) or ``--out`` cannot be written (checked
 before the model is restored), 2 for command-line errors.
@@ -15,7 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     from hepgan.data.formats import write_files
     from hepgan.data.simulate import EnergySpec, parse_theta
     from hepgan.data.types import Showers
+    from hepgan.explain.regenerate import LATENT_INDEX, bn_stats_arrays, provenance_attrs, run_record
     from hepgan.train.checkpoint import restore_run
     from hepgan.train.state import generate
 
@@ -81,25 +89,77 @@ def _run(args: argparse.Namespace) -> int:
     energy = spec.sample(rng.random(args.n), np.arange(args.n)).astype(np.float32)
     theta = np.deg2rad(rng.uniform(lo, hi, args.n) if hi > lo else np.full(args.n, lo)).astype(np.float32)
     players, state, preprocess, conf = restore_run(args.run_dir, best=args.best, step=args.step)
+    run = run_record(args.run_dir)
     fmt = args.format or ("fixed25" if conf.model.arch == "fixed25" else "angle")
     batch = min(args.batch, args.n)
     stats = conf.train.sample_bn  # BatchNorm statistics as the run's validation used them
-    generate(
-        players, state, energy[:batch], theta[:batch], batch=batch, seed=args.seed, bn_stats=stats
-    )  # compile
+    recorded_bn = None
+    if stats == "recomputed":  # measured once here, recorded in the files, then sampled with as they are
+        state = _recomputed(players, state, energy, theta, args.seed)
+        recorded_bn = bn_stats_arrays(state.g.batch_stats)
+    generate(players, state, energy[:batch], theta[:batch], batch=batch, seed=args.seed)  # compile
     t0 = time.perf_counter()
-    x = generate(players, state, energy, theta, batch=batch, seed=args.seed, bn_stats=stats)
+    x = generate(players, state, energy, theta, batch=batch, seed=args.seed)
     seconds = time.perf_counter() - t0
     ecal = np.asarray(preprocess.invert_cells(x), np.float32)
-    showers = Showers(ecal=ecal, energy=energy, theta=theta if conf.model.arch != "fixed25" else None)
+    showers = Showers(
+        ecal=ecal,
+        energy=energy,
+        theta=theta if conf.model.arch != "fixed25" else None,
+        extra={LATENT_INDEX: np.arange(args.n, dtype=np.int64)},
+    )
+    record = {
+        **run,
+        "checkpoint": "best" if args.best else "latest",
+        "step": int(state.step),
+        "seed": args.seed,
+        "batch": batch,
+        "n": args.n,
+        "bn_stats": stats,
+        "ema": True,
+        "energy": args.energy,
+        "theta_deg": args.theta_deg,
+        "arch": conf.model.arch,
+        "format": fmt,
+        "events_per_file": args.events_per_file,
+    }
     paths = write_files(
-        [showers], Path(args.out), fmt=fmt, events_per_file=args.events_per_file, prefix="generated"
+        _chunks(showers, batch),
+        Path(args.out),
+        fmt=fmt,
+        events_per_file=args.events_per_file,
+        prefix="generated",
+        attrs=provenance_attrs(record, recorded_bn),
     )
     print(
         f"hepgan-generate: {args.n} showers in {seconds:.2f} s ({args.n / seconds:.1f} showers/s, step "
         f"{int(state.step)}) -> {len(paths)} file(s) in {args.out} ({fmt})"
     )
     return 0
+
+
+def _recomputed(players: Any, state: Any, energy: np.ndarray, theta: np.ndarray, seed: int) -> Any:
+    """``state`` with the generator's BatchNorm running statistics replaced by those
+    :func:`~hepgan.train.state.recompute_bn_stats` measures for the EMA weights at these conditions
+    (``energy: [N] GeV``, ``theta: [N] rad``): what ``generate(..., bn_stats="recomputed")`` samples with."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from hepgan.train.state import recompute_bn_stats
+
+    copied = state.g.replace(batch_stats=jax.tree.map(jnp.copy, state.g.batch_stats))
+    g = players.generator(state.replace(g=copied))
+    recompute_bn_stats(g, energy, theta, seed)
+    measured = jax.tree.leaves(nnx.state(g, nnx.BatchStat))
+    stats = jax.tree.unflatten(jax.tree.structure(state.g.batch_stats), measured)
+    return state.replace(g=state.g.replace(batch_stats=stats))
+
+
+def _chunks(showers: Any, batch: int) -> Iterator[Any]:
+    """``showers`` in generator chunks of ``batch`` events, each with its ``hepgan_latent_index`` rows."""
+    for start in range(0, len(showers), batch):
+        yield showers[start : start + batch]
 
 
 if __name__ == "__main__":

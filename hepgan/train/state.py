@@ -220,13 +220,15 @@ def generate(
     seed: int,
     bn_stats: str = "running",
     ema: bool = True,
+    first_chunk: int = 0,
 ) -> np.ndarray:
     """Generator samples ``[N, X, Y, Z]`` (network units) at ``energy: [N] GeV``, ``theta: [N] rad``.
 
     Uses the EMA weights (the raw ones unless ``ema``) in eval mode, with the BatchNorm statistics
     ``bn_stats`` (one of :data:`BN_STATS`; "recomputed": :func:`recompute_bn_stats`); chunks of
     ``batch`` events, the last one padded, so one compilation serves every chunk. Chunk ``i`` draws its
-    noise from ``fold_in(key(seed), i)``.
+    noise from ``fold_in(key(seed), first_chunk + i)`` (``first_chunk``: the number of the first chunk
+    within a larger generation, so that chunk ``c`` of it can be drawn again on its own).
     """
     if bn_stats not in BN_STATS:
         raise ValueError(f"train.sample_bn: unknown {bn_stats!r}; valid: {list(BN_STATS)}")
@@ -251,6 +253,7 @@ def generate(
     for i, start in enumerate(range(0, n, batch)):
         e = np.resize(energy[start : start + batch], batch).astype(np.float32)
         th = np.resize(theta[start : start + batch], batch).astype(np.float32)
-        x = sample(g, spectra, jax.random.fold_in(jax.random.key(seed), i), jnp.asarray(e), jnp.asarray(th))
+        key = jax.random.fold_in(jax.random.key(seed), first_chunk + i)
+        x = sample(g, spectra, key, jnp.asarray(e), jnp.asarray(th))
         out.append(np.asarray(x)[: min(batch, n - start)])
     return np.concatenate(out)

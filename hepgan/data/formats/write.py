@@ -5,13 +5,18 @@ The writer owns what every format shares (the ``hepgan_format`` and ``grid`` att
 datasets, the ``Showers.extra`` pass-through, storage options, the ``.part`` rename, shrinking a short
 last file); the format object creates and fills its own datasets
 (:meth:`~hepgan.data.formats.base.Format.create`, :meth:`~hepgan.data.formats.base.Format.write`).
+
+Callers attach their own metadata in two ways: per-event arrays as ``Showers.extra`` (each becomes a
+dataset ``[N, ...]`` that follows its events into whichever file they land in, and that the readers
+pass back through ``Showers.extra``), and file-level HDF5 attributes as ``attrs`` (written into every
+file; names the writer or the format sets themselves are refused).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +52,10 @@ class _Writer:
         template: Showers,
         n_total: int,
         compression: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
     ) -> None:
         self.spec = get_format(fmt)
+        self.attrs = dict(attrs or {})
         self.path, self.fmt, self.n_total = path, fmt, n_total
         self.grid = template.grid
         self.keys = _keys_of(template)
@@ -59,7 +66,11 @@ class _Writer:
         self.n = 0
         # Decided on the first piece: a fixed25 file stores theta only if it is not all pi/2.
         self.normal_incidence = template.theta is None or bool(np.all(template.theta == NORMAL))
-        self._create(template)
+        try:
+            self._create(template)
+        except BaseException:
+            self.abort()
+            raise
 
     def new(self, name: str, event_shape: tuple[int, ...], dtype: Any, units: str | None = None) -> None:
         """Create dataset ``name`` of shape ``[n_total, *event_shape]`` with this file's storage options."""
@@ -86,6 +97,14 @@ class _Writer:
             if k in self.spec.packed_extras or k in angle_keys:
                 continue
             self.new(k, v.shape[1:], v.dtype)
+        taken = sorted(k for k in self.attrs if k in f.attrs)
+        if taken:
+            raise ValueError(
+                f"{self.path}: attributes {taken} clash with the ones the {self.fmt} format writes itself "
+                f"({sorted(f.attrs)}); choose other names"
+            )
+        for k, v in self.attrs.items():
+            f.attrs[k] = v
 
     def _angle_keys(self, s: Showers) -> list[str]:
         """Datasets that hold the angles. An mtheta-only source (theta == mtheta) stays mtheta-only."""
@@ -149,13 +168,19 @@ def _shrink(path: Path, n: int) -> None:
 
 
 def write_file(
-    path: str | os.PathLike[str], showers: Showers, fmt: str, *, compression: str | None = None
+    path: str | os.PathLike[str],
+    showers: Showers,
+    fmt: str,
+    *,
+    compression: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``showers`` (``ecal: [N, X, Y, Z] GeV``, ``energy: [N] GeV``, ``theta: [N] rad``) to one
-    file in format ``fmt``; returns the path. The file appears only once complete."""
+    file in format ``fmt``; returns the path. The file appears only once complete. ``attrs``: extra
+    file-level HDF5 attributes (name -> string, number or array)."""
     if len(showers) == 0:
         raise ValueError(f"refusing to write an empty shower file {path}")
-    w = _Writer(Path(path), fmt, showers, len(showers), compression)
+    w = _Writer(Path(path), fmt, showers, len(showers), compression, attrs)
     try:
         w.append(showers)
     except BaseException:
@@ -172,10 +197,15 @@ def write_files(
     events_per_file: int = 10000,
     prefix: str = "showers",
     compression: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Stream ``chunks`` into files of ``events_per_file`` events named ``{prefix}_{i:04d}.h5``.
 
     Holds at most one chunk in memory; returns the written paths (the last file may be shorter).
+    ``Showers.extra`` arrays become per-event datasets, split across the files with their events;
+    ``attrs``: extra file-level HDF5 attributes (name -> string, number or array) written into every
+    file; a name the writer or the format sets itself (``hepgan_format``, ``grid``, ...) is a
+    ``ValueError``.
     """
     if events_per_file < 1:
         raise ValueError(f"events_per_file must be >= 1; got {events_per_file}")
@@ -188,7 +218,9 @@ def write_files(
             pos = 0
             while pos < len(s):
                 if w is None:
-                    w = _Writer(out / f"{prefix}_{len(paths):04d}.h5", fmt, s, events_per_file, compression)
+                    w = _Writer(
+                        out / f"{prefix}_{len(paths):04d}.h5", fmt, s, events_per_file, compression, attrs
+                    )
                 take = min(len(s) - pos, events_per_file - w.n)
                 w.append(s[pos : pos + take])
                 pos += take
@@ -217,6 +249,7 @@ def write_folder(
     prefix: str = "showers",
     compression: str | None = None,
     overwrite: bool = False,
+    attrs: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """:func:`write_files` all or nothing: the files appear in ``out_dir`` only once every one is written.
 
@@ -226,7 +259,7 @@ def write_folder(
     is left as it was.
 
     Args:
-        chunks, fmt, events_per_file, prefix, compression: as :func:`write_files`.
+        chunks, fmt, events_per_file, prefix, compression, attrs: as :func:`write_files`.
         out_dir: the output folder (created if needed).
         overwrite: allow an ``out_dir`` that already holds HDF5 files; they are deleted once the new set
             is complete, so the folder then holds exactly the new set.
@@ -247,7 +280,13 @@ def write_folder(
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         written = write_files(
-            chunks, staging, fmt=fmt, events_per_file=events_per_file, prefix=prefix, compression=compression
+            chunks,
+            staging,
+            fmt=fmt,
+            events_per_file=events_per_file,
+            prefix=prefix,
+            compression=compression,
+            attrs=attrs,
         )
         if not written:  # no events: nothing to show, and nothing replaced
             shutil.rmtree(staging, ignore_errors=True)
