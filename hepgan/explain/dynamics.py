@@ -40,6 +40,7 @@ __all__ = [
     "CAPTIONS",
     "DIVERSITY_BIN_FRACTION",
     "DIVERSITY_COLLAPSED",
+    "DIVERSITY_FALL_BELOW",
     "DIVERSITY_FALL_POINTS",
     "DIVERSITY_FALL_REL",
     "DYNAMICS_COLUMNS",
@@ -98,7 +99,9 @@ WEIGHT_MONOTONE_FRACTION = 0.9  # ... when at least this fraction of its steps g
 DIVERSITY_COLLAPSED = 0.2  # std(generated) / std(real) below this in a bin: collapsed there
 DIVERSITY_BIN_FRACTION = 0.5  # more than this fraction of energy bins collapsed: mode collapse
 DIVERSITY_FALL_POINTS = 3  # consecutive validations with falling diversity ...
-DIVERSITY_FALL_REL = 0.3  # ... losing more than this fraction of it in total
+DIVERSITY_FALL_REL = 0.3  # ... losing more than this fraction of it in total ...
+DIVERSITY_FALL_BELOW = 0.5  # ... and ending below this: a fall from above the data's spread towards it is
+# the generator learning the data's fluctuations, not collapsing
 MIN_BIN_SHOWERS = 5  # bins with fewer showers are ignored (their std / mean are noise)
 LOSS_TREND_MIN_POINTS = 20  # points in the second half of the log needed for the loss-trend rule
 D_LOSS_FALL_REL = 0.3  # D's loss falling by more than this fraction of its level ...
@@ -133,9 +136,9 @@ CAPTIONS = {
     "scale; a weight norm climbing by decades grows without bound, a gradient norm at ~0 is a dead layer.",
     "update_ratios": "Norm of the last optimizer update over the layer's weight norm, log scale; shaded: the "
     "healthy band 1e-6 to 1e-1 (dotted: 1e-3, typical). Above: steps too large; below: layer frozen.",
-    "diversity": "Std of the generated observable / std of the real one per energy bin (thin lines) and "
-    "their median (thick) at each validation; 1 = as diverse as the data, below the red line (0.2) = "
-    "collapsed.",
+    "diversity": "Spread of the generated observable at fixed conditions / the real one's, per energy bin "
+    "(thin lines) and their median (thick) at each validation, log scale; 1 = as varied as the data, "
+    "below the red line (0.2) = collapsed, far above 1 = noisier than the data.",
     "physics_score": "The validation yardstick physics_score (lower is better) against the step; star: the "
     "best validation. A flat tail means the run has stopped improving.",
 }
@@ -765,7 +768,8 @@ def _rule_diversity(logs: RunLogs) -> list[Finding]:
         k = DIVERSITY_FALL_POINTS + 1
         if len(med) >= k:
             tail = med[-k:]
-            if np.all(np.diff(tail) < 0) and tail[-1] < (1 - DIVERSITY_FALL_REL) * tail[0]:
+            fell = tail[-1] < (1 - DIVERSITY_FALL_REL) * tail[0] and tail[-1] < DIVERSITY_FALL_BELOW
+            if np.all(np.diff(tail) < 0) and fell:
                 falling[obs] = {"since": int(steps[-k]), "from": float(tail[0]), "to": float(tail[-1])}
     if collapsed:
         since = min(v["since"] for v in collapsed.values())
@@ -1100,8 +1104,9 @@ def diagnose(logs: RunLogs) -> list[Finding]:
       barely vary: the generator ignores its latent noise. ``step``: the first validation of the collapsed
       stretch that reaches the latest one.
     - ``diversity_falling``: the median ratio over energy bins falls at each of the last
-      ``DIVERSITY_FALL_POINTS`` (3) validations and by more than ``DIVERSITY_FALL_REL`` (30%) in total
-      (observables not yet collapsed). The slide towards collapse.
+      ``DIVERSITY_FALL_POINTS`` (3) validations, by more than ``DIVERSITY_FALL_REL`` (30%) in total, to
+      below ``DIVERSITY_FALL_BELOW`` (0.5: half the data's spread; observables not yet collapsed). The
+      slide towards collapse. A fall from above 1 towards 1 is the generator's excess noise going away.
     - ``g_flat_d_falling``: over the second half of the log (at least ``LOSS_TREND_MIN_POINTS`` = 20
       points), a linear fit of D's total loss falls by more than ``D_LOSS_FALL_REL`` (30%) of its mean while
       G's changes by less than ``G_LOSS_FLAT_REL`` (5%). D keeps learning to reject the generated showers
@@ -1380,11 +1385,15 @@ def _plot_diversity(logs: RunLogs) -> Any:
         ax.plot(s_med, med, color="black", lw=2, label="median")
         ax.axhline(1.0, color="green", ls=":", lw=0.8)
         ax.axhline(DIVERSITY_COLLAPSED, color="red", ls="--", lw=0.8)
-        top = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
-        ax.set_ylim(0, max(1.5, float(top) * 1.05))
+        # log scale: a collapsed generator sits decades below 1, an over-noisy one decades above
+        finite = grid[np.isfinite(grid) & (grid > 0)]
+        lo = min(float(finite.min()) / 2, 0.05) if finite.size else 0.05
+        hi = max(float(finite.max()) * 2, 2.0) if finite.size else 2.0
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
         ax.set_title(q.split("/", 1)[1])
         ax.set_xlabel("validation step")
-        ax.set_ylabel("std(generated) / std(real)")
+        ax.set_ylabel("spread(generated) / spread(real)")
         _legend(ax, fontsize=6, ncol=2)
     return fig
 
