@@ -185,6 +185,12 @@ def test_falling_diversity_warns_before_collapse(tmp_path: Path) -> None:
         dyn.load_logs(full_run(tmp_path / "run2", dynamics=_dynamics_rows(rng, diversity=calming)))
     )
     assert "diversity_falling" not in codes(findings)
+    assert "noisier_than_data" not in codes(findings, "info")  # 1.2 at the end: as varied as the data
+    noisy = [30.0] * 7
+    findings = dyn.diagnose(
+        dyn.load_logs(full_run(tmp_path / "run3", dynamics=_dynamics_rows(rng, diversity=noisy)))
+    )
+    assert "noisier_than_data" in codes(findings, "info") and not codes(findings)
 
 
 def test_discriminator_wins(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "DIVERSITY_FALL_BELOW",
     "DIVERSITY_FALL_POINTS",
     "DIVERSITY_FALL_REL",
+    "DIVERSITY_NOISY",
     "DYNAMICS_COLUMNS",
     "D_FOOLED_FAKE",
     "D_LOSS_FALL_REL",
@@ -100,6 +101,7 @@ DIVERSITY_COLLAPSED = 0.2  # std(generated) / std(real) below this in a bin: col
 DIVERSITY_BIN_FRACTION = 0.5  # more than this fraction of energy bins collapsed: mode collapse
 DIVERSITY_FALL_POINTS = 3  # consecutive validations with falling diversity ...
 DIVERSITY_FALL_REL = 0.3  # ... losing more than this fraction of it in total ...
+DIVERSITY_NOISY = 3.0  # median spread ratio above this at the latest validation: noisier than the data
 DIVERSITY_FALL_BELOW = 0.5  # ... and ending below this: a fall from above the data's spread towards it is
 # the generator learning the data's fluctuations, not collapsing
 MIN_BIN_SHOWERS = 5  # bins with fewer showers are ignored (their std / mean are noise)
@@ -740,12 +742,15 @@ def _rule_diversity(logs: RunLogs) -> list[Finding]:
     collapsed: dict[str, dict[str, Any]] = {}
     past: dict[str, dict[str, Any]] = {}
     falling: dict[str, dict[str, Any]] = {}
+    noisy: dict[str, float] = {}
     last_step = None
     for q in obs_q:
         obs = q.split("/", 1)[1]
         steps, frac, med, nb = _diversity_series(logs, q)
         if not len(steps):
             continue
+        if med[-1] > DIVERSITY_NOISY:
+            noisy[obs] = float(med[-1])
         last_step = int(steps[-1]) if last_step is None else max(last_step, int(steps[-1]))
         bad = frac > DIVERSITY_BIN_FRACTION
         runs = _runs(bad)
@@ -803,6 +808,23 @@ def _rule_diversity(logs: RunLogs) -> list[Finding]:
                 )
                 + ".",
                 {"observables": past},
+            )
+        )
+    if noisy:
+        out.append(
+            Finding(
+                "info",
+                "noisier_than_data",
+                last_step,
+                f"At the latest validation (step {last_step}) the generated showers fluctuate more than the "
+                "data at fixed conditions: "
+                + ", ".join(
+                    f"{o} spread x{_g(v)} the data's (median over energy bins)" for o, v in noisy.items()
+                )
+                + ". The generator adds variation the simulation does not have (speckle and stray cells in "
+                "the shower images, a broad sampling-fraction distribution); it usually shrinks with "
+                "training, so compare with the physics_score trend.",
+                {"observables": noisy},
             )
         )
     if falling:
@@ -1107,6 +1129,9 @@ def diagnose(logs: RunLogs) -> list[Finding]:
       ``DIVERSITY_FALL_POINTS`` (3) validations, by more than ``DIVERSITY_FALL_REL`` (30%) in total, to
       below ``DIVERSITY_FALL_BELOW`` (0.5: half the data's spread; observables not yet collapsed). The
       slide towards collapse. A fall from above 1 towards 1 is the generator's excess noise going away.
+    - ``noisier_than_data`` (info): the median ratio over energy bins of an observable is above
+      ``DIVERSITY_NOISY`` (3) at the latest validation: the generated showers fluctuate more than the data
+      at fixed conditions (the opposite of collapse; common early in training).
     - ``g_flat_d_falling``: over the second half of the log (at least ``LOSS_TREND_MIN_POINTS`` = 20
       points), a linear fit of D's total loss falls by more than ``D_LOSS_FALL_REL`` (30%) of its mean while
       G's changes by less than ``G_LOSS_FLAT_REL`` (5%). D keeps learning to reject the generated showers
