@@ -7,10 +7,10 @@ its activation) and correlated (Pearson) with the showers' observables: the prim
 the showers has no correlation (NaN, reported as "inactive").
 
 Correlation does not show that a unit is *used*; the ablation does: for each shower observable the
-``top_k`` channels of its best layer (largest ``|r|``) are set to zero through
-:func:`hepgan.models.conv.tap_outputs`, the *same* latent vectors are generated again, and the mean shift
-of every observable is reported in units of its standard deviation over the unablated showers; the same
-for ``k`` random other channels of that layer is the control.
+``top_k`` channels (at most a quarter of the layer's) of its best layer (largest ``|r|``) are set to zero
+through :func:`hepgan.models.conv.tap_outputs`, the *same* latent vectors are generated again, and the
+mean shift of every observable is reported in units of its standard deviation over the unablated
+showers; the same for ``k`` random other channels of that layer is the control.
 
 :func:`latent_directions` fits, at one fixed energy (and angle), each shower observable by least squares
 on the generator's noise vector: the normalised coefficient vector is the latent direction along which
@@ -608,8 +608,9 @@ def dissect(
 
     ``layers``: generator layer names (default: every convolution, e.g. ``conv1``-``conv4``; ``"dense"``
     is the Dense output). ``n_showers``: showers generated at conditions spread over the run's range.
-    ``top_k``: channels zeroed per observable (at most the layer's channels minus one, so a control
-    remains; only layers with at least two channels are ablated). ``observables``: names from
+    ``top_k``: channels zeroed per observable (at most a quarter of the layer's channels, at least one,
+    so that the cut is targeted and a control remains; only layers with at least two channels are
+    ablated). ``observables``: names from
     :func:`observable_names` (``theta`` is dropped for fixed-angle models). ``checkpoint``: None or
     "latest", "best", or a step number. ``batch``: latent vectors per compiled call. ``n_directions``:
     noise vectors of the :func:`latent_directions` fit. ``run_dir`` may also be a :class:`Probe` (see
@@ -725,7 +726,7 @@ def _ablate(
             continue
         layer = max(scores, key=lambda ln: scores[ln])
         r = candidates[layer]
-        k = min(top_k, r.shape[0] - 1)
+        k = min(top_k, max(1, r.shape[0] // 4))  # at most a quarter of the layer: a targeted cut
         top = sorted(int(c) for c in _rank(r)[:k])
         rest = np.setdiff1d(np.arange(r.shape[0]), top)
         draws = [

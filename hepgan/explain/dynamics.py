@@ -778,6 +778,14 @@ def _rule_diversity(logs: RunLogs) -> list[Finding]:
                 falling[obs] = {"since": int(steps[-k]), "from": float(tail[0]), "to": float(tail[-1])}
     if collapsed:
         since = min(v["since"] for v in collapsed.values())
+        first = min((int(logs.dynamics_steps(q)[0]) for q in obs_q if len(logs.dynamics_steps(q))), default=0)
+        remedy = (
+            "restart from a checkpoint before that step with a lower lr_g or a stronger D, or add minibatch "
+            "discrimination."
+            if since > first
+            else "it never varied, from the first validation on: check that the noise reaches the generator "
+            "(the latent construction and conditioning) before tuning the training."
+        )
         out.append(
             Finding(
                 "warning",
@@ -790,8 +798,8 @@ def _rule_diversity(logs: RunLogs) -> list[Finding]:
                     f"{o} (median std ratio {_g(v['median_ratio'])}, {v['bins_low']} of {v['bins']} bins)"
                     for o, v in collapsed.items()
                 )
-                + ": the generator ignores its latent noise; restart from a checkpoint before that step "
-                "with a lower lr_g or a stronger D, or add minibatch discrimination.",
+                + ": the generator ignores its latent noise; "
+                + remedy,
                 {"observables": collapsed, "latest_step": last_step},
             )
         )
