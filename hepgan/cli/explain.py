@@ -146,7 +146,8 @@ def run_view(view: str, run_dir: Path, out: Path, args: argparse.Namespace) -> P
     if view == "explore":
         from hepgan.explain.explorer import explore
 
-        return Path(explore(run_dir, out, checkpoint=checkpoint, seed=seed))
+        # beside each generated shower, the mean of the run's held-out showers at the nearest grid point
+        return Path(explore(run_dir, out, checkpoint=checkpoint, seed=seed, reference=512))
     raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
 
 
