@@ -132,3 +132,35 @@ def test_resume_writes_no_row_twice(tmp_path):
     assert len(steps) == len(set(steps)) and max(int(s) for s, _, _ in steps) == 6
     dyn = [(r["step"], r["quantity"], r["lo"]) for r in _rows(run / "dynamics.csv")]
     assert len(dyn) == len(set(dyn))
+
+
+def test_dynamics_rows_bins_and_diversity_by_construction():
+    """Angle bins where the angle varies; the diversity of a set that fluctuates like the data is about 1,
+    of a smooth function of the conditions (here varying 16 times the data's fluctuation over the energy
+    range, plus an angle term) below the collapse threshold 0.2."""
+    import numpy as np
+
+    from hepgan.train.probes import N_ENERGY_BINS, N_THETA_BINS, dynamics_rows
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    energy = rng.uniform(10.0, 500.0, n)
+    theta = np.deg2rad(rng.uniform(60.0, 120.0, n))
+    trend = 0.02 + 1e-5 * energy + 0.001 * np.cos(theta)
+    real = {"sf": trend + 0.001 * rng.standard_normal(n)}
+    like = {"sf": trend + 0.001 * rng.standard_normal(n)}
+    smooth = {"sf": 0.02 + 0.004 * np.log(energy) + 0.002 * np.sin(3 * theta)}  # no noise
+    d = np.full(n, 0.5)
+    rows = dynamics_rows(3, d, d, energy, theta, like, real)
+    theta_rows = [r for r in rows if r["variable"] == "theta" and r["quantity"] == "d_real"]
+    assert len(theta_rows) == N_THETA_BINS and 60.0 <= float(theta_rows[0]["lo"]) < 61.0
+    div = [float(r["value"]) for r in rows if r["quantity"] == "diversity/sf"]
+    assert len(div) == N_ENERGY_BINS and all(0.85 < v < 1.15 for v in div)
+    div = [
+        float(r["value"])
+        for r in dynamics_rows(3, d, d, energy, theta, smooth, real)
+        if r["quantity"] == "diversity/sf"
+    ]
+    assert all(v < 0.2 for v in div)
+    fixed = dynamics_rows(3, d, d, energy, np.full(n, np.pi / 2), like, real)
+    assert not any(r["variable"] == "theta" for r in fixed)  # a fixed angle: no angle bins

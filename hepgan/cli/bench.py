@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "scaling": "hepgan.bench.scaling",
     "chaos": "hepgan.bench.chaos",
     "layout": "hepgan.bench.layout",
+    "observe": "hepgan.bench.observe",
 }
 # name -> module with a command line of its own (``main(argv) -> exit code``); not part of `all`
 STANDALONE: dict[str, str] = {
