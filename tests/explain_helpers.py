@@ -37,3 +37,35 @@ def train_tiny(out: Path, *, collapsed: bool = False, steps: int = 8, extra: Seq
     with collapsed_latent() if collapsed else contextlib.nullcontext():
         fit(cfg, handle_signals=False)
     return out
+
+
+#: the one configuration of the shared tiny runs (what every explain test needs: per-layer norms every 2
+#: steps, TensorBoard, the report; 8 steps = validations at 0, 4 and 8)
+SHARED_STEPS = 8
+SHARED_EXTRA = ("logging.layer_stats_every=2", "logging.tensorboard=true", "train.report=true")
+
+
+def shared_run(tmp_path_factory, name: str) -> Path:
+    """A private copy of the shared tiny run ``name`` ("healthy" or "collapsed"), trained once per test
+    session: under pytest-xdist the workers share one cache folder beside their own temporary folders and
+    take turns through a file lock, so each run is trained once, not once per test file."""
+    import fcntl
+    import shutil
+
+    if name not in ("healthy", "collapsed"):
+        raise ValueError(f"shared runs are 'healthy' and 'collapsed'; got {name!r}")
+    base = Path(tmp_path_factory.getbasetemp())
+    cache = (base.parent if base.name.startswith("popen-gw") else base) / "explain_shared_runs"
+    cache.mkdir(parents=True, exist_ok=True)
+    trained = cache / name
+    with open(cache / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (trained / "fit_result.json").exists():
+                shutil.rmtree(trained, ignore_errors=True)
+                train_tiny(trained, collapsed=name == "collapsed", steps=SHARED_STEPS, extra=SHARED_EXTRA)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    copy = tmp_path_factory.mktemp(name) / "run"
+    shutil.copytree(trained, copy)
+    return copy

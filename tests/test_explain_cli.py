@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from explain_helpers import collapsed_latent, train_tiny
+from explain_helpers import collapsed_latent, shared_run
 
 from hepgan.cli.explain import main
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain_cli")
-    healthy = train_tiny(root / "healthy", extra=["train.report=true"])
-    collapsed = train_tiny(root / "collapsed", collapsed=True)
-    return healthy, collapsed
+    return shared_run(tmp_path_factory, "healthy"), shared_run(tmp_path_factory, "collapsed")
 
 
 def test_all_views_and_index(runs, capsys):

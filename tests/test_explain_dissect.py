@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from explain_helpers import collapsed_latent, train_tiny
+from explain_helpers import collapsed_latent, shared_run
 from flax import nnx
 
 from hepgan.explain.dissect import (
@@ -38,12 +38,12 @@ BATCH = 32
 
 @pytest.fixture(scope="module")
 def healthy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("healthy") / "run")
+    return shared_run(tmp_path_factory, "healthy")
 
 
 @pytest.fixture(scope="module")
 def collapsed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("collapsed") / "run", collapsed=True)
+    return shared_run(tmp_path_factory, "collapsed")
 
 
 def _generator() -> nnx.Module:

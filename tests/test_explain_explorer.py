@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from explain_helpers import train_tiny
+from explain_helpers import shared_run
 from flax import nnx
 from fs_helpers import unwritable
 from py_mini_racer import MiniRacer
@@ -371,7 +371,7 @@ def test_conditioned_latent_is_the_models_latent(arch: str, conditioning: str) -
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("explorer_run"), steps=8)
+    return shared_run(tmp_path_factory, "healthy")
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import math
 from pathlib import Path
 
 import pytest
-from explain_helpers import train_tiny
-
-STEPS = 8
+from explain_helpers import SHARED_STEPS as STEPS
+from explain_helpers import shared_run, train_tiny
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -22,11 +21,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain_logging")
-    extra = ["logging.layer_stats_every=2", "logging.tensorboard=true"]
-    healthy = train_tiny(root / "healthy", steps=STEPS, extra=extra)
-    collapsed = train_tiny(root / "collapsed", collapsed=True, steps=STEPS, extra=extra)
-    return healthy, collapsed
+    return shared_run(tmp_path_factory, "healthy"), shared_run(tmp_path_factory, "collapsed")
 
 
 def test_layer_norms_every_n_steps_for_every_layer(runs):

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from explain_helpers import train_tiny
+from explain_helpers import shared_run
 
 from hepgan.cli.generate import main as generate_main
 from hepgan.data.formats import detect_format, iter_showers, read_file, write_files
@@ -28,7 +28,7 @@ N, BATCH, PER_FILE, SEED = 40, 16, 25, 7
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("regen") / "run", steps=4)
+    return shared_run(tmp_path_factory, "healthy")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_provenance_attributes_and_latent_index(run, gen) -> None:
             rec = json.loads(f.attrs[PROVENANCE_ATTR])
             assert f.attrs["hepgan_run_dir"] == str(run.resolve()) == rec["run_dir"]
             assert f.attrs["hepgan_checkpoint"] == "latest" == rec["checkpoint"]
-            assert int(f.attrs["hepgan_step"]) == 4 == rec["step"]
+            assert int(f.attrs["hepgan_step"]) == 8 == rec["step"]  # the shared run: 8 steps
             assert f.attrs["hepgan_config_sha256"] == sha == rec["config_sha256"]
             assert int(f.attrs["hepgan_seed"]) == SEED and int(f.attrs["hepgan_batch"]) == BATCH
             assert f.attrs["hepgan_bn_stats"] == "running" == rec["bn_stats"]
