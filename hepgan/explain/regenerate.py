@@ -53,28 +53,14 @@ def run_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     its model and data config), ``run_git_commit``, ``run_git_dirty`` and ``run_hepgan_version`` (``None``
     when the manifest lacks them). Raises ``FileNotFoundError`` without a manifest, ``ValueError`` for one
     without a readable ``config``."""
-    from hepgan.train.config import upgrade
+    from hepgan.train.checkpoint import read_manifest
     from hepgan.train.loop import config_fingerprint
 
-    run = Path(run_dir).resolve()
-    if run.name in ("checkpoints", "best") and not (run / "manifest.json").exists():
-        run = run.parent
-    path = run / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: give the run directory that hepgan-train wrote (it holds manifest.json "
-            "and checkpoints/)"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-        fingerprint = config_fingerprint(upgrade(manifest["config"]))["sha256"]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(
-            f"{path} has no readable training config ({type(exc).__name__}: {exc}); it is not a manifest "
-            "hepgan-train wrote, or it was damaged"
-        ) from None
-    git = manifest.get("git") if isinstance(manifest.get("git"), dict) else {}
-    packages = manifest.get("packages") if isinstance(manifest.get("packages"), dict) else {}
+    run, manifest, config = read_manifest(Path(run_dir).resolve())
+    fingerprint = config_fingerprint(config)["sha256"]
+    git_entry, packages_entry = manifest.get("git"), manifest.get("packages")
+    git: dict[str, Any] = git_entry if isinstance(git_entry, dict) else {}
+    packages: dict[str, Any] = packages_entry if isinstance(packages_entry, dict) else {}
     return {
         "run_dir": str(run),
         "config_sha256": fingerprint,

@@ -297,6 +297,34 @@ def model_tag(model_cfg: Any) -> str:
     return f"{model_cfg.arch}/{model_cfg.size}"
 
 
+def read_manifest(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """``(run directory, manifest, upgraded config)`` of the run ``run_dir`` (or its ``checkpoints/`` or
+    ``best/`` folder). Raises ``FileNotFoundError`` naming the missing ``manifest.json``, ``ValueError``
+    for a manifest without a readable training config."""
+    import json
+
+    from hepgan.train.config import upgrade
+
+    run_dir = Path(run_dir)
+    if run_dir.name in ("checkpoints", "best") and not (run_dir / "manifest.json").exists():
+        run_dir = run_dir.parent
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"{manifest_path} not found: give the run directory that hepgan-train wrote (it holds "
+            "manifest.json and checkpoints/)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        config = upgrade(manifest["config"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{manifest_path} has no readable training config ({type(exc).__name__}: {exc}); it is not a "
+            "manifest hepgan-train wrote, or it was damaged"
+        ) from None
+    return run_dir, manifest, config
+
+
 def restore_run(
     run_dir: str | Path, *, best: bool = False, step: int | None = None
 ) -> tuple[Any, GANState, Any, Any]:
@@ -308,28 +336,9 @@ def restore_run(
     ``best/`` with ``best``). Raises ``FileNotFoundError`` naming what is missing, ``ValueError`` for a
     damaged ``step`` or a manifest without a config.
     """
-    import json
-
     from hepgan.train.run import build_run
 
-    run_dir = Path(run_dir)
-    if run_dir.name in ("checkpoints", "best") and not (run_dir / "manifest.json").exists():
-        run_dir = run_dir.parent
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"{manifest_path} not found: give the run directory that hepgan-train wrote (it holds "
-            "manifest.json and checkpoints/)"
-        )
-    from hepgan.train.config import upgrade
-
-    try:
-        config = upgrade(json.loads(manifest_path.read_text())["config"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{manifest_path} has no readable training config ({type(exc).__name__}: {exc}); it is not a "
-            "manifest hepgan-train wrote, or it was damaged"
-        ) from None
+    run_dir, _, config = read_manifest(run_dir)
     # The optimizer states are restored too, so their structure must match the run's: the run is built
     # as fit() builds it (optimizer choice and scaling rules included); schedule lengths do not change it.
     run = build_run(config, parallel=False, data=False)
