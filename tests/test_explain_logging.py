@@ -159,3 +159,21 @@ def test_dynamics_rows_bins_and_diversity_by_construction():
     assert all(v < 0.2 for v in div)
     fixed = dynamics_rows(3, d, d, energy, np.full(n, np.pi / 2), like, real)
     assert not any(r["variable"] == "theta" for r in fixed)  # a fixed angle: no angle bins
+
+
+def test_step_timing_columns_and_profile_trace(tmp_path):
+    """Every train.csv row carries the measured per-step input wait and wall time; train.profile_steps
+    writes a JAX profiler trace of those steps; a malformed range is a config error naming the key."""
+    from hepgan.train.config import compose, to_config, validate
+
+    run = train_tiny(
+        tmp_path / "profiled", steps=4, extra=["train.profile_steps=[2,3]", "logging.dynamics_events=0"]
+    )
+    rows = _rows(run / "train.csv")
+    for r in rows:
+        wait, wall = float(r["input_seconds"]), float(r["step_seconds"])
+        assert 0.0 <= wait <= wall and wall > 0.0
+    traces = list((run / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
+    with pytest.raises(ValueError, match=r"train.profile_steps must be \[first, last\]"):
+        validate(to_config(compose(["debug=default", "train.profile_steps=[3,2]"])))

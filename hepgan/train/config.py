@@ -79,6 +79,8 @@ class TrainConfig:
     on_nonfinite: "stop" (error, keep the last good checkpoint) or "rollback" (restore the last good
     checkpoint, skip ahead in the data, multiply the learning rates by ``rollback_lr_factor``; at most
     ``max_rollbacks`` times). resume: continue from the run directory's latest checkpoint if there is one.
+    profile_steps: ``[first, last]`` training steps (1-based, inclusive) to record with the JAX profiler
+    into ``out/profile`` (TensorBoard's profile tab, Perfetto); None: no trace.
     """
 
     seed: int = 0
@@ -110,6 +112,7 @@ class TrainConfig:
     max_rollbacks: int = 3
     rollback_lr_factor: float = 0.5
     resume: bool = True
+    profile_steps: list[int] | None = None
 
 
 @dataclass
@@ -302,6 +305,11 @@ def validate(conf: Config) -> Config:
     Raises one ``ValueError`` naming each bad key with its valid choices or range.
     """
     problems = [p for k in (*CHOICES, *RANGES) if (p := value_problem(k, _get(conf, k))) is not None]
+    steps = conf.train.profile_steps
+    if steps is not None and not (len(steps) == 2 and 1 <= int(steps[0]) <= int(steps[1])):
+        problems.append(
+            f"train.profile_steps must be [first, last] with 1 <= first <= last; got {list(steps)}"
+        )
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
     return conf

@@ -405,6 +405,29 @@ class _DynamicsProbe:
         return out
 
 
+class _Trace:
+    """The JAX profiler trace of ``train.profile_steps`` into ``folder`` (started before the first step,
+    stopped once the last step's state is computed); stopping twice, or without a start, does nothing."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.active = folder, False
+
+    def start(self, step: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        jax.profiler.start_trace(str(self.folder))
+        self.active = True
+        log.info("profiling from step %d into %s", step, self.folder)
+
+    def stop(self, step: int, state: Any) -> None:
+        if not self.active:
+            return
+        if state is not None:
+            jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        self.active = False
+        log.info("profile trace up to step %d written to %s (TensorBoard: profile tab)", step, self.folder)
+
+
 FIT_RESULT = "fit_result.json"
 
 
@@ -676,6 +699,10 @@ def fit(
             return 0
         return par.max_over_processes(stop.signum)
 
+    profile = tc.profile_steps
+    trace = _Trace(
+        run_dir / "profile" if par.process_count == 1 else run_dir / "profile" / f"process{par.process_index}"
+    )
     stop = _StopSignals(handle_signals)
     try:
         if restored is None:  # the starting point, validated and saved once (a resumed run has it)
@@ -687,11 +714,16 @@ def fit(
         flush_reports()
         with progress:
             task = progress.add_task("train", total=total_steps, completed=step, rate=0.0, d=0.0, g=0.0)
-            window_t, window_n = time.perf_counter(), 0
+            window_t, window_n, window_input = time.perf_counter(), 0, 0.0
             while step < total_steps:
+                if profile is not None and step + 1 == profile[0]:
+                    trace.start(step + 1)
                 t0 = time.perf_counter()
                 batch = next(pipe)
+                window_input += time.perf_counter() - t0
                 state, metrics = train_step(state, batch)
+                if profile is not None and step + 1 == profile[1]:
+                    trace.stop(step + 1, state)
                 step += 1
                 window_n += 1
                 pending.append((step, metrics))
@@ -717,13 +749,15 @@ def fit(
                         step = last_good = int(state.step)
                         progress.update(task, completed=step)
                         continue
-                    rate = window_n * tc.batch_size / max(time.perf_counter() - window_t, 1e-9)
-                    window_t, window_n = time.perf_counter(), 0
-                    logs.write(
-                        "train",
-                        step,
-                        {**last_metrics, "showers_per_s": rate, "epoch": step / steps_per_epoch},
-                    )
+                    wall = max(time.perf_counter() - window_t, 1e-9)
+                    rate = window_n * tc.batch_size / wall
+                    timed = {
+                        "showers_per_s": rate,
+                        "input_seconds": window_input / max(window_n, 1),
+                        "step_seconds": wall / max(window_n, 1),
+                    }
+                    window_t, window_n, window_input = time.perf_counter(), 0, 0.0
+                    logs.write("train", step, {**last_metrics, **timed, "epoch": step / steps_per_epoch})
                     progress.update(task, rate=rate, d=last_metrics["d_loss"], g=last_metrics["g_loss"])
                 progress.update(task, completed=step)
                 timing["train_seconds"] += time.perf_counter() - t0
@@ -757,6 +791,7 @@ def fit(
                     ckpt.wait()
                     raise Preempted(signum, step, str(run_dir / "checkpoints" / str(step)))
     except NonFiniteError as exc:
+        trace.stop(step, None)
         stop.restore()
         ckpt.close()
         pipe.close()
@@ -770,6 +805,7 @@ def fit(
         ) from None
     except BaseException:
         # an interrupt, a pre-emption or a crash: wait for saves in flight so the last checkpoint is whole
+        trace.stop(step, None)
         stop.restore()
         ckpt.close()
         pipe.close()
@@ -777,6 +813,7 @@ def fit(
         raise
 
     # ---- finish: final checkpoint, validation, report ---------------------------------------------------
+    trace.stop(step, state)  # profile_steps reaching past the last step end here
     pipe.close()
     try:
         t0 = time.perf_counter()
