@@ -174,8 +174,9 @@ def tb_tag(kind: str, key: str) -> str:
     """The TensorBoard tag of metric ``key`` of a ``kind`` ("train" or "val") row, grouped as users read
     them: ``D/`` and ``G/`` (each player's loss and D(real), D(fake)), ``D_terms/`` and ``G_terms/`` (the
     loss terms), ``health/`` (gradient, parameter and update norms, critical batch, finite, lr scale),
-    ``optim/`` (learning rates), ``progress/``, ``layers_g/`` and ``layers_d/`` (per-layer norms),
-    ``physics/`` and ``physics_sep/`` (validation metrics and per-observable separation powers),
+    ``optim/`` (learning rates), ``progress/`` (showers/s, step and input-wait seconds), ``layers_g/`` and
+    ``layers_d/`` (per-layer norms), ``physics/`` and ``physics_sep/`` (validation metrics and
+    per-observable separation powers),
     ``dynamics/`` (D per bin and diversity at validation), ``validation/`` (its bookkeeping)."""
     if key.startswith(LAYER_PREFIX):
         _, who, rest = key.split("/", 2)
@@ -197,7 +198,7 @@ def tb_tag(kind: str, key: str) -> str:
         return f"health/{key}"
     if key.startswith("lr_"):
         return f"optim/{key}"
-    if key in ("showers_per_s", "epoch"):
+    if key in ("showers_per_s", "epoch", "step_seconds", "input_seconds"):
         return f"progress/{key}"
     if key.startswith(("d_", "g_")):
         return f"{key[0].upper()}_terms/{key[2:]}"
