@@ -103,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         written[view] = run_view(view, run_dir, out, args)
         print(f"hepgan-explain: {view} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     if args.view == "all":
+        from hepgan.explain.page import write_index
+
         index = write_index(out, run_dir)
         print(f"hepgan-explain: {index}")
     else:
@@ -149,39 +151,6 @@ def run_view(view: str, run_dir: Path, out: Path, args: argparse.Namespace) -> P
         # beside each generated shower, the mean of the run's held-out showers at the nearest grid point
         return Path(explore(run_dir, out, checkpoint=checkpoint, seed=seed, reference=512))
     raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
-
-
-PAGES = (
-    ("dynamics.html", "Training dynamics", "D(real)/D(fake) per bin, per-layer norms, collapse indicators"),
-    ("dissect.html", "Generator dissection", "which channels follow which observable; ablations"),
-    ("traverse.html", "Traversals", "energy and angle sweeps, latent interpolations and directions"),
-    ("explorer.html", "Explorer", "sliders over precomputed showers (offline)"),
-)
-"""The explain pages, as ``index.html`` and the validation report list them."""
-
-
-def write_index(out: Path, run_dir: Path) -> Path:
-    """``out/index.html``: links to the explain pages present in ``out`` (and the command for the
-    missing ones)."""
-    import html
-
-    from hepgan.explain.page import write_page
-
-    items = []
-    for page, title, what in PAGES:
-        if (out / page).exists():
-            items.append(f'<li><a href="{page}">{html.escape(title)}</a>: {html.escape(what)}</li>')
-        else:
-            items.append(
-                f"<li>{html.escape(title)}: not made yet (<code>hepgan-explain all {run_dir}</code>)</li>"
-            )
-    report = run_dir / "report" / "report.html"
-    link = ""
-    if report.exists():
-        rel = Path("..") / "report" / "report.html" if out == run_dir / "explain" else report.resolve()
-        link = f'<p>The run\'s validation report: <a href="{html.escape(str(rel))}">report.html</a></p>'
-    body = f"<p>Run: <code>{html.escape(str(run_dir))}</code></p>{link}<ul>{''.join(items)}</ul>"
-    return write_page(out / "index.html", "hepgan explain", body)
 
 
 def _regenerate(args: argparse.Namespace) -> int:

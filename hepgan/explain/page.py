@@ -53,3 +53,32 @@ def write_page(path: str | Path, title: str, body: str) -> Path:
         f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
     )
     return write_text(Path(path), page)
+
+
+PAGES = (
+    ("dynamics.html", "Training dynamics", "D(real)/D(fake) per bin, per-layer norms, collapse indicators"),
+    ("dissect.html", "Generator dissection", "which channels follow which observable; ablations"),
+    ("traverse.html", "Traversals", "energy and angle sweeps, latent interpolations and directions"),
+    ("explorer.html", "Explorer", "sliders over precomputed showers (offline)"),
+)
+"""The explain pages, as ``index.html`` and the validation report list them."""
+
+
+def write_index(out: Path, run_dir: Path) -> Path:
+    """``out/index.html``: links to the explain pages present in ``out`` (and the command for the
+    missing ones)."""
+    items = []
+    for page, title, what in PAGES:
+        if (out / page).exists():
+            items.append(f'<li><a href="{page}">{html.escape(title)}</a>: {html.escape(what)}</li>')
+        else:
+            items.append(
+                f"<li>{html.escape(title)}: not made yet (<code>hepgan-explain all {run_dir}</code>)</li>"
+            )
+    report = run_dir / "report" / "report.html"
+    link = ""
+    if report.exists():
+        rel = Path("..") / "report" / "report.html" if out == run_dir / "explain" else report.resolve()
+        link = f'<p>The run\'s validation report: <a href="{html.escape(str(rel))}">report.html</a></p>'
+    body = f"<p>Run: <code>{html.escape(str(run_dir))}</code></p>{link}<ul>{''.join(items)}</ul>"
+    return write_page(out / "index.html", "hepgan explain", body)

@@ -472,7 +472,7 @@ def _explain_links(run_dir: Path) -> list[tuple[str, str, str]]:
     """The training dynamics page (``hepgan-explain dynamics``: from the logs alone, seconds) written now
     into ``run_dir/explain``, and the report's links to it and to the other explain pages (made by
     ``hepgan-explain all``). A failure here costs the link, never the report or the run."""
-    from hepgan.cli.explain import PAGES, write_index
+    from hepgan.explain.page import PAGES, write_index
 
     out = run_dir / "explain"
     try:
