@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,14 @@ MIN_BIN = 4
 DYNAMICS_FIELDS = ("step", "quantity", "variable", "lo", "hi", "value", "n")
 
 
+@functools.cache
+def _logits() -> Any:
+    """The jitted discriminator logit, made once per process: each validation reuses its compilation."""
+    from flax import nnx
+
+    return nnx.jit(lambda d, xb: d(xb)["logit"])
+
+
 def discriminator_probs(players: Any, state: Any, x: np.ndarray, *, batch: int) -> np.ndarray:
     """D(x) = sigmoid(logit) of ``state``'s discriminator for ``x: [N, X, Y, Z]`` cells in network units
     (the training data's preprocessing), in batches of ``batch`` (the last one padded by repetition), on
@@ -42,10 +51,6 @@ def discriminator_probs(players: Any, state: Any, x: np.ndarray, *, batch: int) 
         if isinstance(module, nnx.BatchNorm):
             module.axis_name = None
 
-    @nnx.jit
-    def logits(d: Any, xb: jax.Array) -> jax.Array:
-        return d(xb)["logit"]
-
     n = x.shape[0]
     out = []
     for start in range(0, n, batch):
@@ -53,7 +58,7 @@ def discriminator_probs(players: Any, state: Any, x: np.ndarray, *, batch: int) 
         m = chunk.shape[0]
         if m < batch:
             chunk = np.resize(chunk, (batch, *chunk.shape[1:]))
-        out.append(np.asarray(jax.nn.sigmoid(logits(d, jnp.asarray(chunk, jnp.float32))))[:m])
+        out.append(np.asarray(jax.nn.sigmoid(_logits()(d, jnp.asarray(chunk, jnp.float32))))[:m])
     return np.concatenate(out).astype(np.float64)
 
 
