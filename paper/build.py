@@ -42,6 +42,7 @@ PY = sys.executable
 STUDIES: dict[str, list[str]] = {
     "large_batch": [PY, "experiments/large_batch/study.py", "figures"],
     "scaling": [PY, "experiments/scaling/model.py", "--out", "experiments/scaling"],
+    "masterworker": [PY, "experiments/masterworker/study.py", "render", "experiments/masterworker"],
     "hpo": [PY, "experiments/hpo/writeup.py"],
     "reproducibility": [PY, "experiments/reproducibility/run.py", "--render"],
 }

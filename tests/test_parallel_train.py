@@ -131,6 +131,7 @@ def test_fit_shard_map_logs_noise_scale_lrs_and_manifest(tmp_path):
             "scaling.ref_batch=4",  # global batch 16: lr x 2
             "scaling.warmup_steps=4",
             "train.max_steps=3",
+            "parallel.comm_every=2",  # step 2 runs alone, then without its collectives
         ]
     )
     res = fit(cfg)
@@ -145,6 +146,11 @@ def test_fit_shard_map_logs_noise_scale_lrs_and_manifest(tmp_path):
     last = rows[-1]
     for key in ("d_gns_g2", "d_gns_s", "g_gns_g2", "b_noise_d", "b_noise_g", "lr_g", "lr_d"):
         assert key in last, key
+    # compute against communication: measured at step 2 and carried in the rows from there on
+    assert rows[0]["compute_seconds"] == "nan"
+    compute, comm = float(rows[1]["compute_seconds"]), float(rows[1]["comm_seconds"])
+    assert 0.0 < compute and 0.0 <= comm
+    assert rows[2]["compute_seconds"] == rows[1]["compute_seconds"]
     # warm-up: after 3 steps the generator has made 3 x 2 = 6 updates of the 4-update ramp (capped at
     # the peak); the discriminator 6 as well
     assert float(last["lr_g"]) == pytest.approx(manifest["scaling"]["g"]["peak_lr"], rel=1e-6)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKENDS = ("auto", "xla", "shard_map", "mpi")
+BACKENDS = ("auto", "xla", "shard_map", "mpi", "downpour", "easgd")
+MASTER_WORKER = ("downpour", "easgd")
 CPU_LAYOUTS = ("per_core", "shared")
 REDUCE_MODES = ("tree", "flat")
 LAUNCHERS = ("auto", "none", "slurm", "mpi", "explicit")
@@ -20,7 +21,10 @@ class ParallelConfig:
       "xla" (``jit`` over a ``("data",)`` mesh; XLA inserts the all-reduce; BatchNorm statistics
       over the global batch), "shard_map" (the step written per device, gradients averaged with
       ``lax.pmean``; BatchNorm per device unless ``sync_batchnorm``) or "mpi" (one process per device,
-      gradients averaged with mpi4jax ``allreduce`` inside the jitted step; launch with mpirun/srun/jsrun).
+      gradients averaged with mpi4jax ``allreduce`` inside the jitted step; launch with mpirun/srun/jsrun),
+      "downpour" or "easgd" (master-worker over MPI: rank 0 holds the model, ranks 1..N train on their
+      shards and exchange with it every ``exchange_every`` steps; launch N + 1 processes; see
+      :mod:`hepgan.parallel.masterworker`).
     sync_batchnorm: shard_map only: BatchNorm batch moments averaged over devices (``pmean``), i.e. the
       global-batch statistics of ``xla``; False keeps them per device (as Horovod).
     devices: how many of the local ``jax.devices()`` form the mesh (None: all; mpi: always 1 per process).
@@ -40,6 +44,13 @@ class ParallelConfig:
     init_timeout_s: seconds to wait for all processes to join.
     gns: estimate the gradient noise scale (needs per-device gradients: shard_map or mpi with > 1 worker).
     gns_ema: decay of the exponential moving averages of the two gradient-norm estimators.
+    exchange_every: downpour/easgd: local steps of a worker between two exchanges with the master (``k``).
+    easgd_alpha: easgd's elastic rate (None: ``0.9 / N`` for N workers, Zhang et al. 2015).
+    ordered: downpour/easgd: the master serves the workers in rank order instead of order of arrival
+      (the same result on every run, at the pace of the slowest worker).
+    comm_every: time the step's own computation alone (the same update without its collectives, on the
+      same batch) every N steps, for the ``compute_seconds``/``comm_seconds`` columns of shard_map and mpi
+      runs (0: off). Costs one extra step per N.
     """
 
     backend: str = "auto"
@@ -55,6 +66,10 @@ class ParallelConfig:
     init_timeout_s: int = 300
     gns: bool = True
     gns_ema: float = 0.95
+    exchange_every: int = 1
+    easgd_alpha: float | None = None
+    ordered: bool = False
+    comm_every: int = 50
 
     def validate(self) -> ParallelConfig:
         """Check the fields; returns ``self``. Raises ``ValueError`` naming the bad ``parallel.*`` key."""
@@ -76,6 +91,14 @@ class ParallelConfig:
                 "(xla always uses global-batch statistics, mpi always local ones); "
                 f"got backend={self.backend!r}"
             )
+        if self.exchange_every < 1:
+            raise ValueError(f"parallel.exchange_every: need at least 1 step; got {self.exchange_every}")
+        if self.easgd_alpha is not None and not 0.0 < self.easgd_alpha <= 1.0:
+            raise ValueError(
+                f"parallel.easgd_alpha: must be in (0, 1] (or null for 0.9/N); got {self.easgd_alpha}"
+            )
+        if self.comm_every < 0:
+            raise ValueError(f"parallel.comm_every: must be >= 0 (0: off); got {self.comm_every}")
         if not 0.0 <= self.gns_ema < 1.0:
             raise ValueError(f"parallel.gns_ema: must be in [0, 1); got {self.gns_ema}")
         if self.launcher == "explicit" and None in (

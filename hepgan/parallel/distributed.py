@@ -145,7 +145,7 @@ def initialize(cfg: ParallelConfig, env: Mapping[str, str] | None = None) -> Lau
     """
     cfg.validate()
     env = os.environ if env is None else env
-    if cfg.backend == "mpi":
+    if cfg.backend in ("mpi", "downpour", "easgd"):
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD

@@ -88,13 +88,16 @@ class Reducer:
 
     ``backend``: "xla" | "shard_map" | "mpi" (see the module docstring); ``workers``: data-parallel
     workers that hold a share of the batch (1 for xla, whose step sees the global batch);
-    ``flat``: mpi only, one buffer per reduction; ``axis_name``: the mesh axis of shard_map.
+    ``flat``: mpi only, one buffer per reduction; ``axis_name``: the mesh axis of shard_map;
+    ``silent``: every collective replaced by the identity (the same computation without its
+    communication, for timing the two apart; the results are each worker's own, not the run's).
     """
 
     backend: str = "xla"
     workers: int = 1
     flat: bool = True
     axis_name: str = AXIS
+    silent: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -121,7 +124,7 @@ class Reducer:
 
     def mean(self, tree: Any) -> Any:
         """Mean of ``tree`` over the workers (identity for xla): gradients, metrics, BatchNorm statistics."""
-        if self.backend == "xla" or self.workers == 1:
+        if self.backend == "xla" or self.workers == 1 or self.silent:
             return tree
         if self.backend == "shard_map":
             return jax.lax.pmean(tree, self.axis_name)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from hepgan.parallel.config import ParallelConfig
+from hepgan.parallel.config import MASTER_WORKER, ParallelConfig
 from hepgan.parallel.cpu import CpuLayout
 from hepgan.parallel.cpu import configure as configure_cpu
 from hepgan.parallel.distributed import Launch, initialize
@@ -47,8 +47,31 @@ class Parallel:
 
     @property
     def backend(self) -> str:
-        """ "xla", "shard_map" or "mpi" (``auto`` is resolved by :func:`setup`)."""
+        """ "xla", "shard_map", "mpi", "downpour" or "easgd" (``auto`` is resolved by :func:`setup`)."""
         return self.cfg.backend
+
+    @property
+    def master_worker(self) -> bool:
+        """True for the master-worker backends (downpour, easgd): rank 0 the master, 1..N workers."""
+        return self.backend in MASTER_WORKER
+
+    @property
+    def is_master(self) -> bool:
+        """True on a master-worker run's master (rank 0); False elsewhere."""
+        return self.master_worker and self.process_index == 0
+
+    @property
+    def worker_index(self) -> int:
+        """This process's data shard: the rank for mpi, rank - 1 for a master-worker worker (the master
+        reads none; 0 here)."""
+        if self.master_worker:
+            return max(self.process_index - 1, 0)
+        return self.process_index
+
+    @property
+    def uses_mpi(self) -> bool:
+        """True when the processes meet through mpi4py (mpi, downpour, easgd), not jax.distributed."""
+        return self.backend == "mpi" or self.master_worker
 
     @property
     def is_main(self) -> bool:
@@ -88,6 +111,15 @@ class Parallel:
         }
         if self.backend == "mpi":
             out["mpi_reduce"] = self.cfg.mpi_reduce
+        if self.master_worker:
+            from hepgan.parallel.masterworker import default_alpha
+
+            out["exchange_every"] = self.cfg.exchange_every
+            out["ordered"] = self.cfg.ordered
+            out["master"] = 0
+            if self.backend == "easgd":
+                alpha = self.cfg.easgd_alpha
+                out["easgd_alpha"] = default_alpha(self.workers) if alpha is None else alpha
         if global_batch is not None:
             out["global_batch"] = global_batch
             out["per_device_batch"] = self.per_device_batch(global_batch)
@@ -97,20 +129,34 @@ class Parallel:
         """Keyword arguments for :class:`hepgan.data.pipeline.Pipeline`: its mesh and process share."""
         if self.backend == "mpi":
             return {"mesh": None, "process_index": self.process_index, "process_count": self.process_count}
+        if self.master_worker:  # the workers share the data; the master reads none (given worker 0's share)
+            return {"mesh": None, "process_index": self.worker_index, "process_count": self.workers}
         return {"mesh": self.mesh}
 
     def place_state(self, state: Any) -> Any:
         """Put a training state (identical on all processes) where the compiled step expects it."""
-        if self.backend == "mpi":
+        if self.master_worker and self.workers > 1 and not self.is_master:
+            # each worker draws its own noise and label flips (one worker keeps the single-process key, so
+            # that it repeats the synchronous run)
+            import jax.numpy as jnp
+
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), self.worker_index)
+            rng = jax.random.key_data(key)
+            state = state.replace(rng=jnp.asarray(rng, state.rng.dtype))
+        if self.uses_mpi:
             return jax.device_put(state, self.mesh.devices.flat[0])
         return replicate(state, self.mesh)
 
-    def compile(self, step: Callable[..., Any], *, donate: bool = True) -> Callable[..., Any]:
+    def compile(
+        self, step: Callable[..., Any], *, donate: bool = True, check: bool = True
+    ) -> Callable[..., Any]:
         """Jit ``step(state, batch) -> (state, metrics)`` for this backend (the state donated).
 
         xla: over the mesh, batch ``P("data")``, state and metrics replicated. shard_map: the step runs per
         device on its share of the batch and must return worker-invariant state and metrics (reduce them
-        with ``reducer.mean``). mpi: a plain single-device jit; the reductions are mpi4jax calls inside.
+        with ``reducer.mean``). mpi (and downpour, easgd): a plain single-device jit; the mpi reductions are
+        mpi4jax calls inside. ``check=False``: shard_map does not verify that the outputs are the same on
+        every device (for a step whose reducer is ``silent``: they are not).
         """
         donate_argnums = (0,) if donate else ()
         if self.backend == "xla":
@@ -129,16 +175,16 @@ class Parallel:
                 mesh=self.mesh,
                 in_specs=(P(), P(AXIS)),
                 out_specs=(P(), P()),
-                check_vma=self.workers > 1,
+                check_vma=check and self.workers > 1,
             )
             return jax.jit(per_device, donate_argnums=donate_argnums)
-        return jax.jit(step, donate_argnums=donate_argnums)
+        return jax.jit(step, donate_argnums=donate_argnums)  # mpi, downpour, easgd: one device
 
     def barrier(self) -> None:
         """Wait for all processes (a no-op in a single process)."""
         if self.process_count == 1:
             return
-        if self.backend == "mpi":
+        if self.uses_mpi:
             from mpi4py import MPI
 
             MPI.COMM_WORLD.Barrier()
@@ -155,7 +201,7 @@ class Parallel:
         """
         if self.process_count == 1:
             return int(value)
-        if self.backend == "mpi":
+        if self.uses_mpi:
             from mpi4py import MPI
 
             return int(MPI.COMM_WORLD.allreduce(int(value), op=MPI.MAX))
@@ -179,23 +225,22 @@ def setup(cfg: ParallelConfig, global_batch: int | None = None) -> Parallel:
     count that divides it. Raises ``ValueError`` for an inconsistent config.
     """
     cfg.validate()
+    one_per_process = cfg.backend == "mpi" or cfg.backend in MASTER_WORKER
     cpu = configure_cpu(
-        cfg.cpu_layout, cfg.devices, one_device_per_process=cfg.backend == "mpi", global_batch=global_batch
+        cfg.cpu_layout, cfg.devices, one_device_per_process=one_per_process, global_batch=global_batch
     )
     launch = initialize(cfg)
-    if cfg.backend == "mpi":
-        if cfg.devices not in (None, 1):
+    if cfg.backend in MASTER_WORKER:
+        if launch.num_processes < 2:
             raise ValueError(
-                f"parallel.devices={cfg.devices}: the mpi backend drives one device per process; "
-                "start one process per device instead (mpirun -n / srun --ntasks-per-node)"
+                f"parallel.backend={cfg.backend} needs a master and at least one worker: start N + 1 "
+                f"processes (mpirun -n 3 for 2 workers); this run has {launch.num_processes}"
             )
-        # Independent processes: each takes the visible device of its node-local rank (all ranks see
-        # device 0 when the launcher already gives each one GPU) and makes it the default, so the data
-        # pipeline's uncommitted arrays land where the step runs.
-        local = jax.local_devices()
-        device = local[(launch.local_id or 0) % len(local)]
-        jax.config.update("jax_default_device", device)
-        mesh = Mesh([device], (AXIS,))
+        # the workers' steps are local (no collective): the master-worker exchange happens between steps
+        mesh = _process_device(cfg, launch)
+        return Parallel(cfg, launch, mesh, Reducer("xla"), launch.num_processes - 1, cpu)
+    if cfg.backend == "mpi":
+        mesh = _process_device(cfg, launch)
         reducer = Reducer("mpi", workers=launch.num_processes, flat=cfg.mpi_reduce == "flat")
         return Parallel(cfg, launch, mesh, reducer, launch.num_processes, cpu)
     mesh = make_mesh(cfg.devices)
@@ -212,3 +257,20 @@ def setup(cfg: ParallelConfig, global_batch: int | None = None) -> Parallel:
         )
     reducer = Reducer(cfg.backend, workers=n if cfg.backend == "shard_map" else 1)
     return Parallel(cfg, launch, mesh, reducer, n, cpu)
+
+
+def _process_device(cfg: ParallelConfig, launch: Launch) -> Mesh:
+    """The one-device mesh of a process of the MPI-joined backends (mpi, downpour, easgd).
+
+    Independent processes: each takes the visible device of its node-local rank (all ranks see device 0
+    when the launcher already gives each one GPU) and makes it the default, so the data pipeline's
+    uncommitted arrays land where the step runs."""
+    if cfg.devices not in (None, 1):
+        raise ValueError(
+            f"parallel.devices={cfg.devices}: the {cfg.backend} backend drives one device per process; "
+            "start one process per device instead (mpirun -n / srun --ntasks-per-node)"
+        )
+    local = jax.local_devices()
+    device = local[(launch.local_id or 0) % len(local)]
+    jax.config.update("jax_default_device", device)
+    return Mesh([device], (AXIS,))

@@ -261,6 +261,8 @@ RANGES: dict[str, Range] = {
     "parallel.num_processes": _COUNT,
     "parallel.process_id": _NONNEG,
     "parallel.init_timeout_s": _POSITIVE,
+    "parallel.exchange_every": _COUNT,
+    "parallel.comm_every": _NONNEG,
     "parallel.gns_ema": _DECAY,
     "scaling.ref_batch": _COUNT,
     "scaling.warmup_steps": _NONNEG,
@@ -309,6 +311,12 @@ def validate(conf: Config) -> Config:
     if steps is not None and not (len(steps) == 2 and 1 <= int(steps[0]) <= int(steps[1])):
         problems.append(
             f"train.profile_steps must be [first, last] with 1 <= first <= last; got {list(steps)}"
+        )
+    if conf.parallel.backend in parallel_config.MASTER_WORKER and conf.train.on_nonfinite != "stop":
+        problems.append(
+            f"train.on_nonfinite={conf.train.on_nonfinite!r}: parallel.backend={conf.parallel.backend} stops "
+            "on a non-finite value (a rollback would need every worker and the master to go back together); "
+            "use train.on_nonfinite=stop"
         )
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))

@@ -174,7 +174,8 @@ def tb_tag(kind: str, key: str) -> str:
     """The TensorBoard tag of metric ``key`` of a ``kind`` ("train" or "val") row, grouped as users read
     them: ``D/`` and ``G/`` (each player's loss and D(real), D(fake)), ``D_terms/`` and ``G_terms/`` (the
     loss terms), ``health/`` (gradient, parameter and update norms, critical batch, finite, lr scale),
-    ``optim/`` (learning rates), ``progress/`` (showers/s, step and input-wait seconds), ``layers_g/`` and
+    ``optim/`` (learning rates), ``progress/`` (showers/s, step, input-wait, compute and communication
+    seconds, master-worker staleness), ``layers_g/`` and
     ``layers_d/`` (per-layer norms), ``physics/`` and ``physics_sep/`` (validation metrics and
     per-observable separation powers),
     ``dynamics/`` (D per bin and diversity at validation), ``validation/`` (its bookkeeping)."""
@@ -198,7 +199,9 @@ def tb_tag(kind: str, key: str) -> str:
         return f"health/{key}"
     if key.startswith("lr_"):
         return f"optim/{key}"
-    if key in ("showers_per_s", "epoch", "step_seconds", "input_seconds"):
+    if key in ("showers_per_s", "epoch", "step_seconds", "input_seconds", "compute_seconds", "comm_seconds"):
+        return f"progress/{key}"
+    if key.startswith("staleness") or key == "master_serve_seconds":
         return f"progress/{key}"
     if key.startswith(("d_", "g_")):
         return f"{key[0].upper()}_terms/{key[2:]}"
@@ -429,6 +432,53 @@ class _Trace:
         log.info("profile trace up to step %d written to %s (TensorBoard: profile tab)", step, self.folder)
 
 
+class _CommSplit:
+    """Compute against communication of a synchronous data-parallel step (shard_map or mpi with several
+    workers), measured every ``parallel.comm_every`` steps: that step runs alone (the previous one waited
+    for, the result waited for), then the same update without its collectives (every worker mean an
+    identity; compiled once, state not donated) on the same batch and the new state. ``compute_seconds``
+    is the second time; ``comm_seconds`` the first minus the second: the all-reduces' transfers *and*
+    the time each worker waits in them for the slowest (docs/parallel.md, "Compute and communication")."""
+
+    def __init__(self, twin: Callable[..., Any], every: int):
+        self.twin, self.every = twin, every
+        self.compiled = False
+        self.last: dict[str, float] = {}
+
+    @classmethod
+    def build(cls, run: Any, par: Any) -> _CommSplit | None:
+        """The split for ``run`` (None where there is nothing to split: xla, one worker, comm_every 0)."""
+        if par.backend not in ("shard_map", "mpi") or par.workers < 2 or not par.cfg.comm_every:
+            return None
+        from hepgan.train.step import make_step
+
+        silent = replace(par.reducer, silent=True)
+        twin = par.compile(make_step(run.players, run.step_config, silent), donate=False, check=False)
+        return cls(twin, par.cfg.comm_every)
+
+    def measure(self, step_fn: Callable[..., Any], state: GANState, batch: Any) -> tuple[GANState, Any]:
+        """One training step (``step_fn``), timed alone, then its computation alone; returns the step's
+        ``(state, metrics)``."""
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready((state, metrics))
+        whole = time.perf_counter() - t0
+        if not self.compiled:  # the first call compiles
+            jax.block_until_ready(self.twin(state, batch))
+            self.compiled = True
+        t0 = time.perf_counter()
+        jax.block_until_ready(self.twin(state, batch))
+        alone = time.perf_counter() - t0
+        self.last = {"compute_seconds": alone, "comm_seconds": max(whole - alone, 0.0)}
+        return state, metrics
+
+    def row(self) -> dict[str, float]:
+        """The newest measurement's columns (nan before the first, so that the CSV has the columns from
+        its first row on)."""
+        return {"compute_seconds": math.nan, "comm_seconds": math.nan, **self.last}
+
+
 FIT_RESULT = "fit_result.json"
 
 
@@ -488,6 +538,26 @@ def _explain_links(run_dir: Path) -> list[tuple[str, str, str]]:
         note = f"all explain pages; {', '.join(missing)}: run hepgan-explain all {run_dir}" if missing else ""
         links.insert(0, ("Explain index", "../explain/index.html", note or "all explain pages"))
     return links
+
+
+def _common_step(par: Any, ckpt: Any, run_dir: Path) -> int | None:
+    """The checkpoint step every process of a master-worker run restores: the newest step all of them
+    saved (they save at the same barrier steps), None for a fresh start. ``ValueError`` when some
+    processes have checkpoints and others none (a worker folder deleted or never written)."""
+    from mpi4py import MPI
+
+    steps = MPI.COMM_WORLD.allgather(ckpt.latest_step())
+    if all(s is None for s in steps):
+        return None
+    if any(s is None for s in steps):
+        missing = [i for i, s in enumerate(steps) if s is None]
+        raise ValueError(
+            f"run folder {run_dir}: ranks {missing} of this {par.backend} run have no checkpoint while the "
+            f"others have (latest steps by rank: {steps}); the master (checkpoints/) and every worker "
+            "(workers/worker<i>/) must resume together: restore the missing folders, or start afresh in a "
+            "new out="
+        )
+    return int(min(s for s in steps if s is not None))
 
 
 def fit(
@@ -558,13 +628,26 @@ def fit(
         return Showers(ecal=ecal, energy=reference.energy, theta=reference.theta)
 
     # ---- restore -------------------------------------------------------------------------------------
-    ckpt = run.checkpointer(run_dir)
+    worker = par.master_worker and not par.is_master  # a downpour/easgd worker: own state, no validation
+    if worker:  # its own optimizer states, key and data position, beside the master's centre
+        from hepgan.train.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(
+            run_dir / "workers" / f"worker{par.worker_index}", keep_last=max(tc.keep_last, 1), keep_best=False
+        )
+    else:
+        ckpt = run.checkpointer(run_dir)
     # mpi processes are separate JAX programs with identical states: process 0 writes, all restore. Under
-    # jax.distributed every process takes part in each (Orbax coordinates them).
+    # jax.distributed every process takes part in each (Orbax coordinates them). Master-worker: each
+    # process writes its own.
     writes = par.backend != "mpi" or par.is_main
     par.barrier()  # nobody saves before every process has opened (and tidied) the checkpoint folder
     extra: dict[str, Any] = {"rollbacks": 0, "history": []}
-    restored = ckpt.restore(state, model=model_tag(model_cfg)) if tc.resume else None
+    restore_at = _common_step(par, ckpt, run_dir) if par.master_worker and tc.resume else None
+    if not tc.resume or (par.master_worker and restore_at is None):
+        restored = None
+    else:
+        restored = ckpt.restore(state, model=model_tag(model_cfg), step=restore_at)
     if restored is not None:
         state, extra = restored
         pipe.restore(extra["data_position"])
@@ -696,6 +779,8 @@ def fit(
         steps (one small collective), so that all of them stop after the same step."""
         if par.process_count == 1:
             return stop.signum
+        if par.master_worker:  # told by the master at a barrier (see exchange())
+            return 0
         if step % lc.every_steps:
             return 0
         return par.max_over_processes(stop.signum)
@@ -704,11 +789,65 @@ def fit(
     trace = _Trace(
         run_dir / "profile" if par.process_count == 1 else run_dir / "profile" / f"process{par.process_index}"
     )
+
+    def log_due(s: int) -> bool:
+        return s % lc.every_steps == 0 or s % steps_per_epoch == 0 or s == total_steps
+
+    def val_due(s: int) -> bool:  # the final validation comes after the loop
+        epoch = s // steps_per_epoch
+        return (
+            s % steps_per_epoch == 0 and tc.val_every_epochs > 0 and epoch % tc.val_every_epochs == 0
+            and s < total_steps
+        )  # fmt: skip
+
+    def ckpt_due(s: int) -> bool:
+        if tc.ckpt_every_steps > 0:
+            return s % tc.ckpt_every_steps == 0 and s < total_steps
+        epoch = s // steps_per_epoch
+        return s % steps_per_epoch == 0 and epoch % max(tc.ckpt_every_epochs, 1) == 0 and s < total_steps
+
+    mw = None
+    if par.master_worker:
+        from hepgan.train.masterworker import MasterWorker
+
+        mw = MasterWorker(par, state, lambda s: log_due(s) or val_due(s) or ckpt_due(s))
+    split = _CommSplit.build(run, par) if mw is None else None
+
+    def exchange(s: int) -> GANState:
+        """Downpour/EASGD: the exchange after step ``s`` (and, at a barrier, the master's training row and
+        what a stop signal or a non-finite value asks for)."""
+        nonlocal last_metrics
+        from hepgan.parallel.masterworker import STOP_NONFINITE, STOP_SIGNAL
+
+        assert mw is not None
+        own: NonFiniteError | None = None
+        if worker:
+            try:
+                check_pending()
+            except NonFiniteError as exc:
+                own = exc
+        new, reply = mw.exchange(state, s, signum=stop.signum, metrics=last_metrics, finite=own is None)
+        if reply.kind == STOP_NONFINITE:
+            raise own or NonFiniteError(
+                f"a worker of this {par.backend} run produced a non-finite loss or gradient norm by step {s} "
+                "(its own log names the step)"
+            )
+        if mw.is_master and log_due(s):
+            row = mw.log_row()
+            last_metrics = {k: v for k, v in row.items() if not k.startswith(LAYER_PREFIX)}
+        if reply.kind == STOP_SIGNAL:
+            if writes:
+                ckpt.save(s, new, extra_now(s))
+            ckpt.wait()
+            raise Preempted(reply.signum, s, str(ckpt.directory / "checkpoints" / str(s)))
+        return new
+
     stop = _StopSignals(handle_signals)
     try:
         if restored is None:  # the starting point, validated and saved once (a resumed run has it)
             t0 = time.perf_counter()
-            run_validation(0)
+            if not worker:
+                run_validation(0)
             if writes:
                 ckpt.save(0, state, extra_now(0))
             timing["validation_seconds"] += time.perf_counter() - t0
@@ -720,16 +859,25 @@ def fit(
                 if profile is not None and step + 1 == profile[0]:
                     trace.start(step + 1)
                 t0 = time.perf_counter()
-                batch = next(pipe)
-                window_input += time.perf_counter() - t0
-                state, metrics = train_step(state, batch)
+                if mw is None or not mw.is_master:  # the master of downpour/easgd trains nothing itself
+                    batch = next(pipe)
+                    waited = time.perf_counter() - t0
+                    window_input += waited
+                    if mw is not None:
+                        mw.window["input_seconds"] += waited
+                        state, metrics = mw.timed_step(train_step, state, batch)
+                    elif split is not None and (step + 1) % split.every == 0:
+                        state, metrics = split.measure(train_step, state, batch)
+                    else:
+                        state, metrics = train_step(state, batch)
+                    pending.append((step + 1, metrics))
                 if profile is not None and step + 1 == profile[1]:
                     trace.stop(step + 1, state)
                 step += 1
                 window_n += 1
-                pending.append((step, metrics))
-                epoch_end = step % steps_per_epoch == 0
-                if step % lc.every_steps == 0 or epoch_end or step == total_steps:
+                if mw is not None and mw.due(step):
+                    state = exchange(step)
+                elif log_due(step):
                     try:
                         check_pending()
                     except NonFiniteError as exc:
@@ -750,34 +898,33 @@ def fit(
                         step = last_good = int(state.step)
                         progress.update(task, completed=step)
                         continue
+                if log_due(step) and not worker:
                     wall = max(time.perf_counter() - window_t, 1e-9)
                     rate = window_n * tc.batch_size / wall
-                    timed = {
-                        "showers_per_s": rate,
-                        "input_seconds": window_input / max(window_n, 1),
-                        "step_seconds": wall / max(window_n, 1),
-                    }
+                    timed = {"showers_per_s": rate, "step_seconds": wall / max(window_n, 1)}
+                    if mw is None:
+                        timed["input_seconds"] = window_input / max(window_n, 1)
+                        timed.update(split.row() if split is not None else {})
                     window_t, window_n, window_input = time.perf_counter(), 0, 0.0
                     logs.write("train", step, {**last_metrics, **timed, "epoch": step / steps_per_epoch})
-                    progress.update(task, rate=rate, d=last_metrics["d_loss"], g=last_metrics["g_loss"])
+                    progress.update(
+                        task,
+                        rate=rate,
+                        d=last_metrics.get("d_loss", math.nan),
+                        g=last_metrics.get("g_loss", math.nan),
+                    )
                 progress.update(task, completed=step)
                 timing["train_seconds"] += time.perf_counter() - t0
                 timing["steps"] += 1
 
-                epoch = step // steps_per_epoch
-                val_now = epoch_end and tc.val_every_epochs > 0 and epoch % tc.val_every_epochs == 0
-                if val_now and step < total_steps:
+                if val_due(step):
                     t0 = time.perf_counter()
-                    metrics_v = run_validation(step)
-                    if writes:
-                        ckpt.save_best(step, state, extra_now(step), metrics_v)
+                    if not worker:
+                        metrics_v = run_validation(step)
+                        if writes:
+                            ckpt.save_best(step, state, extra_now(step), metrics_v)
                     timing["validation_seconds"] += time.perf_counter() - t0
-                ckpt_now = (
-                    step % tc.ckpt_every_steps == 0
-                    if tc.ckpt_every_steps > 0
-                    else epoch_end and epoch % max(tc.ckpt_every_epochs, 1) == 0
-                )
-                if ckpt_now and step < total_steps:
+                if ckpt_due(step):
                     t0 = time.perf_counter()
                     check_pending()
                     if writes:
@@ -790,7 +937,7 @@ def fit(
                     if writes:
                         ckpt.save(step, state, extra_now(step))
                     ckpt.wait()
-                    raise Preempted(signum, step, str(run_dir / "checkpoints" / str(step)))
+                    raise Preempted(signum, step, str(ckpt.directory / "checkpoints" / str(step)))
     except NonFiniteError as exc:
         trace.stop(step, None)
         stop.restore()
@@ -821,7 +968,14 @@ def fit(
         check_pending()
         # an attempt killed after its final validation left it in the restored history: not run twice
         done = history[-1] if history and history[-1]["step"] == step else None
-        final = done if done is not None else run_validation(step)
+        if worker:  # the master validates the centre; its figures are the run's
+            final = {"physics_score": math.nan, "sf_rel_error": math.nan}
+        else:
+            final = done if done is not None else run_validation(step)
+        if par.master_worker:
+            from mpi4py import MPI
+
+            final = MPI.COMM_WORLD.bcast(final, root=0)
         timing["validation_seconds"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         if writes:
@@ -829,7 +983,7 @@ def fit(
             ckpt.save_best(step, state, extra_now(step), final)
         ckpt.close()
         timing["checkpoint_seconds"] += time.perf_counter() - t0
-        if stop.signum:  # the training is saved; the report is left to the rerun
+        if stop.signum and not par.master_worker:  # the training is saved; the report is left to the rerun
             raise Preempted(stop.signum, step, str(run_dir / "checkpoints" / str(step)))
     except BaseException:
         ckpt.close()
