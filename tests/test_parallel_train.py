@@ -149,7 +149,7 @@ def test_fit_shard_map_logs_noise_scale_lrs_and_manifest(tmp_path):
     # compute against communication: measured at step 2 and carried in the rows from there on
     assert rows[0]["compute_seconds"] == "nan"
     compute, comm = float(rows[1]["compute_seconds"]), float(rows[1]["comm_seconds"])
-    assert 0.0 < compute and 0.0 <= comm
+    assert 0.0 < compute and abs(comm) < 10 * compute
     assert rows[2]["compute_seconds"] == rows[1]["compute_seconds"]
     # warm-up: after 3 steps the generator has made 3 x 2 = 6 updates of the 4-update ramp (capped at
     # the peak); the discriminator 6 as well

@@ -45,17 +45,42 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "easgd": {"processes": 3, "overrides": ["parallel=easgd", "parallel.exchange_every=4"]},
 }
 COMMON = ["train.val_every_epochs=1", "logging.progress=false"]
+# The compute/communication split of the paper model's step (where a profiler trace showed each
+# shard_map device 25-40 ms per step inside its all-reduces), two workers at 8 showers each, measured at
+# every second step.
+SPLIT: dict[str, dict[str, Any]] = {
+    "split_shardmap": {"processes": 1, "overrides": ["parallel=shard_map", "parallel.devices=2"]},
+    "split_mpi": {"processes": 2, "overrides": ["parallel=mpi"]},
+}
+SPLIT_COMMON = [
+    "experiment=paper_fixed25",
+    "train.batch_size=16",
+    "train.max_steps=40",
+    "data.n_events=640",
+    "data.n_reference=64",
+    "train.val_metrics=[sf]",
+    "train.report=false",
+    "logging.every_steps=2",
+    "logging.progress=false",
+    "logging.dynamics_events=0",
+    "parallel.comm_every=2",
+]
 
 
 def local(runs: Path, only: list[str] | None) -> None:
-    """Train the variants one after the other under ``mpirun`` (the venv's, next to this Python)."""
+    """Train the variants (and the paper-model split runs, ``split_*``) one after the other under
+    ``mpirun`` (the venv's, next to this Python)."""
     bindir = Path(sys.executable).parent
-    for name, v in VARIANTS.items():
+    todo = {
+        **{k: (v, COMMON) for k, v in VARIANTS.items()},
+        **{k: (v, SPLIT_COMMON) for k, v in SPLIT.items()},
+    }
+    for name, (v, common) in todo.items():
         if only and name not in only:
             continue
         out = runs / name
         cmd = [str(bindir / "mpirun"), "-n", str(v["processes"]), str(bindir / "hepgan-train")]
-        cmd += [*v["overrides"], *COMMON, f"out={out}"]
+        cmd += [*v["overrides"], *common, f"out={out}"]
         print("+", shlex.join(cmd), flush=True)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "stdout.log", "w") as log:
@@ -121,8 +146,29 @@ def collect(runs: Path, out: Path, threshold: float) -> dict[str, Any]:
     results = {d.name: read_run(d, threshold) for d in folders}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    split = {name: read_split(runs / name) for name in SPLIT if (runs / name / "train.csv").exists()}
+    if split:
+        (out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     render(out)
     return results
+
+
+def read_split(run: Path) -> dict[str, Any]:
+    """A split run's measurements: the median, range and count of ``compute_seconds``/``comm_seconds``
+    over its rows after the first (compilation) and the median step time."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    rows = _rows(run / "train.csv")[1:]
+    out: dict[str, Any] = {
+        "backend": manifest["parallel"]["backend"],
+        "workers": manifest["parallel"]["workers"],
+    }
+    out["step_seconds"] = _median(rows, "step_seconds")
+    for key in ("compute_seconds", "comm_seconds"):
+        vals = [r[key] for r in rows if r.get(key, float("nan")) == r.get(key, float("nan"))]
+        out[key] = statistics.median(vals) if vals else None
+        out[key + "_range"] = [min(vals), max(vals)] if vals else None
+        out["n"] = len(vals)
+    return out
 
 
 def render(out: Path) -> None:
@@ -156,6 +202,19 @@ def render(out: Path) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot(results, out / "comparison.png")
+    if (out / "split.json").exists():
+        split = json.loads((out / "split.json").read_text())
+        rows = [
+            "| run | backend | step s (median) | compute s (median) | comm ms: median (range) | n |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in split.items():
+            lo, hi = (1e3 * x for x in r["comm_seconds_range"])
+            rows.append(
+                f"| {name} | {r['backend']} | {r['step_seconds']:.3f} | {r['compute_seconds']:.3f} | "
+                f"{1e3 * r['comm_seconds']:.1f} ({lo:.1f} to {hi:.1f}) | {r['n']} |"
+            )
+        (out / "split.md").write_text("\n".join(rows) + "\n")
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -223,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     lo = sub.add_parser("local", help="train the three variants here")
     lo.add_argument("runs", type=Path)
-    lo.add_argument("--only", nargs="*", choices=list(VARIANTS))
+    lo.add_argument("--only", nargs="*", choices=[*VARIANTS, *SPLIT])
     co = sub.add_parser("collect", help="tables and figure from the runs")
     co.add_argument("runs", type=Path)
     co.add_argument("out", type=Path)

@@ -438,7 +438,9 @@ class _CommSplit:
     for, the result waited for), then the same update without its collectives (every worker mean an
     identity; compiled once, state not donated) on the same batch and the new state. ``compute_seconds``
     is the second time; ``comm_seconds`` the first minus the second: the all-reduces' transfers *and*
-    the time each worker waits in them for the slowest (docs/parallel.md, "Compute and communication")."""
+    the time each worker waits in them for the slowest (docs/parallel.md, "Compute and communication").
+    BatchNorm's own collectives (``sync_batchnorm``) are part of the model, not of the reducer: they stay
+    in the second program and count as compute."""
 
     def __init__(self, twin: Callable[..., Any], every: int):
         self.twin, self.every = twin, every
@@ -470,7 +472,9 @@ class _CommSplit:
         t0 = time.perf_counter()
         jax.block_until_ready(self.twin(state, batch))
         alone = time.perf_counter() - t0
-        self.last = {"compute_seconds": alone, "comm_seconds": max(whole - alone, 0.0)}
+        # not clipped at 0: one pair of timings carries the step's own jitter (tens of ms on a busy
+        # CPU), so a single difference can come out negative; medians over a run are what to read
+        self.last = {"compute_seconds": alone, "comm_seconds": whole - alone}
         return state, metrics
 
     def row(self) -> dict[str, float]:
