@@ -1,8 +1,8 @@
 """Data-parallel and multi-host training: device mesh, reduction backends, process start-up.
 
 Backends (``parallel.backend``): ``xla`` (jit over a ``("data",)`` mesh), ``shard_map`` (per-device step,
-``lax.pmean``), ``mpi`` (one process per device, mpi4jax ``allreduce``), and the master-worker ``downpour`` and
-``easgd`` (:mod:`hepgan.parallel.masterworker`). See ``docs/parallel.md``.
+``lax.pmean``), ``mpi`` (one process per device, mpi4jax ``allreduce``), and the master-worker
+``downpour`` and ``easgd`` (:mod:`hepgan.parallel.masterworker`). See ``docs/parallel.md``.
 """
 
 from hepgan.parallel.config import BACKENDS, ParallelConfig

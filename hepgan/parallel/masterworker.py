@@ -185,7 +185,7 @@ class Master:
                 src, _, push, vec = self._receive(source, TAG_PUSH)
                 self.signum = self.signum or push.signum
                 if not push.finite:
-                    self._stop_all(src, vec)
+                    self._stop_all(src)
                     return Reply(STOP_NONFINITE)
                 out, staleness = self._apply(src, push, vec)
                 self._reply(src, Reply(CONTINUE, 0, staleness, self.version), out)
@@ -211,7 +211,7 @@ class Master:
             self._reply(src, Reply(kind, self.signum, staleness, self.version), vec)
         return Reply(kind, self.signum)
 
-    def _stop_all(self, first: int, _vec: np.ndarray) -> None:
+    def _stop_all(self, first: int) -> None:
         """Tell every worker to stop: ``first`` now, the others at their next push (any tag)."""
         from mpi4py import MPI
 

@@ -647,11 +647,9 @@ def fit(
     writes = par.backend != "mpi" or par.is_main
     par.barrier()  # nobody saves before every process has opened (and tidied) the checkpoint folder
     extra: dict[str, Any] = {"rollbacks": 0, "history": []}
+    # master-worker: the step all processes saved (None: none has any, and restore finds nothing)
     restore_at = _common_step(par, ckpt, run_dir) if par.master_worker and tc.resume else None
-    if not tc.resume or (par.master_worker and restore_at is None):
-        restored = None
-    else:
-        restored = ckpt.restore(state, model=model_tag(model_cfg), step=restore_at)
+    restored = ckpt.restore(state, model=model_tag(model_cfg), step=restore_at) if tc.resume else None
     if restored is not None:
         state, extra = restored
         pipe.restore(extra["data_position"])
@@ -837,8 +835,7 @@ def fit(
                 "(its own log names the step)"
             )
         if mw.is_master and log_due(s):
-            row = mw.log_row()
-            last_metrics = {k: v for k, v in row.items() if not k.startswith(LAYER_PREFIX)}
+            last_metrics = mw.log_row()
         if reply.kind == STOP_SIGNAL:
             if writes:
                 ckpt.save(s, new, extra_now(s))

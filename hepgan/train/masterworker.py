@@ -90,7 +90,6 @@ class MasterWorker:
             self.master, self.link = None, WorkerLink(self.algorithm, x0)
         self.window: dict[str, float] = {"input_seconds": 0.0, "compute_seconds": 0.0, "comm_seconds": 0.0}
         self.window_steps = 0
-        self.staleness: list[int] = []
 
     def due(self, step: int) -> bool:
         """Whether the processes exchange after ``step``."""
@@ -130,7 +129,6 @@ class MasterWorker:
         self.window = {k: 0.0 for k in self.window}
         self.window_steps = 0
         self.window["comm_seconds"] += time.perf_counter() - t0
-        self.staleness.append(reply.staleness)
         return state, reply
 
     def log_row(self) -> dict[str, float]:
