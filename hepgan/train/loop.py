@@ -450,13 +450,8 @@ class _CommSplit:
     @classmethod
     def build(cls, run: Any, par: Any) -> _CommSplit | None:
         """The split for ``run`` (None where there is nothing to split: xla, one worker, comm_every 0)."""
-        if par.backend not in ("shard_map", "mpi") or par.workers < 2 or not par.cfg.comm_every:
-            return None
-        from hepgan.train.step import make_step
-
-        silent = replace(par.reducer, silent=True)
-        twin = par.compile(make_step(run.players, run.step_config, silent), donate=False, check=False)
-        return cls(twin, par.cfg.comm_every)
+        twin = run.compute_only_step() if par.cfg.comm_every else None
+        return None if twin is None else cls(twin, par.cfg.comm_every)
 
     def measure(self, step_fn: Callable[..., Any], state: GANState, batch: Any) -> tuple[GANState, Any]:
         """One training step (``step_fn``), timed alone, then its computation alone; returns the step's

@@ -76,6 +76,17 @@ class Run:
         """Optimizer updates per training step of each player ("g", "d")."""
         return updates_per_step(self.conf.train)
 
+    def compute_only_step(self) -> Callable[[GANState, Batch], tuple[GANState, Metrics]] | None:
+        """The run's update with every worker mean replaced by the identity (``Reducer(silent=True)``),
+        compiled for the backend, state not donated: the step's computation without its communication,
+        for timing the two apart. None where the step has no collective to leave out (no parallel set-up,
+        xla, or one worker)."""
+        par = self.parallel
+        if par is None or par.backend not in ("shard_map", "mpi") or par.workers < 2:
+            return None
+        silent = replace(par.reducer, silent=True)
+        return par.compile(make_step(self.players, self.step_config, silent), donate=False, check=False)
+
     def checkpointer(self, run_dir: str | Path) -> Checkpointer:
         """The run's checkpoint manager in ``run_dir`` (``train.keep_last``, ``train.keep_best``)."""
         from hepgan.train.checkpoint import Checkpointer
