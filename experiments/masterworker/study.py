@@ -167,6 +167,10 @@ def read_split(run: Path) -> dict[str, Any]:
         vals = [r[key] for r in rows if r.get(key, float("nan")) == r.get(key, float("nan"))]
         out[key] = statistics.median(vals) if vals else None
         out[key + "_range"] = [min(vals), max(vals)] if vals else None
+        out[key + "_mean"] = statistics.fmean(vals) if vals else None
+        # The standard error of the mean: each value is the difference of two timed steps, whose
+        # noise on a shared 2-core machine is much larger than the communication itself.
+        out[key + "_sem"] = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else None
         out["n"] = len(vals)
     return out
 
@@ -205,14 +209,16 @@ def render(out: Path) -> None:
     if (out / "split.json").exists():
         split = json.loads((out / "split.json").read_text())
         rows = [
-            "| run | backend | step s (median) | compute s (median) | comm ms: median (range) | n |",
-            "|---|---|---|---|---|---|",
+            "| run | backend | step s (median) | compute s (median) | comm ms: median (range) | "
+            "comm ms: mean +- s.e. | n |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, r in split.items():
             lo, hi = (1e3 * x for x in r["comm_seconds_range"])
+            mean = f"{1e3 * r['comm_seconds_mean']:.1f} +- {1e3 * r['comm_seconds_sem']:.1f}"
             rows.append(
                 f"| {name} | {r['backend']} | {r['step_seconds']:.3f} | {r['compute_seconds']:.3f} | "
-                f"{1e3 * r['comm_seconds']:.1f} ({lo:.1f} to {hi:.1f}) | {r['n']} |"
+                f"{1e3 * r['comm_seconds']:.1f} ({lo:.1f} to {hi:.1f}) | {mean} | {r['n']} |"
             )
         (out / "split.md").write_text("\n".join(rows) + "\n")
 
