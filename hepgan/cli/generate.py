@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     theta = np.deg2rad(rng.uniform(lo, hi, args.n) if hi > lo else np.full(args.n, lo)).astype(np.float32)
     players, state, preprocess, conf = restore_run(args.run_dir, best=args.best, step=args.step)
     run = run_record(args.run_dir)
-    fmt = args.format or ("fixed25" if conf.model.arch == "fixed25" else "angle")
+    fmt = args.format or {"fixed25": "fixed25", "angle51": "angle"}.get(conf.model.arch, "calochallenge")
     batch = min(args.batch, args.n)
     stats = conf.train.sample_bn  # BatchNorm statistics as the run's validation used them
     recorded_bn = None
@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     showers = Showers(
         ecal=ecal,
         energy=energy,
-        theta=theta if conf.model.arch != "fixed25" else None,
+        theta=theta if conf.model.arch == "angle51" else None,
         extra={LATENT_INDEX: np.arange(args.n, dtype=np.int64)},
     )
     record = {

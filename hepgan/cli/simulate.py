@@ -36,6 +36,9 @@ from hepgan.data.types import Showers
 _DEFAULTS = {
     "fixed25": {"energy": "uniform:10:500", "theta": "90", "format": "fixed25"},
     "angle51": {"energy": "uniform:2:500", "theta": "60:120", "format": "angle"},
+    # CaloChallenge datasets 2 and 3: electrons, log-uniform 1 GeV - 1 TeV, the challenge's file format
+    "ds2": {"energy": "loguniform:1:1000", "theta": "90", "format": "calochallenge"},
+    "ds3": {"energy": "loguniform:1:1000", "theta": "90", "format": "calochallenge"},
 }
 _FORMATS = ("fixed25", "angle", "calochallenge")
 
@@ -160,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides["sampling_fraction"] = args.sampling_fraction
     if args.radial_scale is not None:
         overrides["radial_scale"] = args.radial_scale
-    cfg = SimulatorConfig(geometry=args.geometry, **overrides)
+    cfg = SimulatorConfig.for_geometry(args.geometry, **overrides)
     workers = args.workers or default_workers()
 
     stats = _Stats()

@@ -52,6 +52,9 @@ _PRESETS: dict[str, tuple[float, float, float]] = {
     "fixed25": (100.0, CELL_POWER["fixed25"], 0.01),
     # AngleGAN (AngleTrain3dGAN.py defaults xscale=1, xpower=0.85, yscale=100).
     "angle51": (1.0, CELL_POWER["angle51"], 0.01),
+    # CaloChallenge datasets 2 and 3 (no paper): cells in GeV on the incident scale, then ^0.5; E/100.
+    "ds2": (1.0, CELL_POWER["ds2"], 0.01),
+    "ds3": (1.0, CELL_POWER["ds3"], 0.01),
 }
 
 

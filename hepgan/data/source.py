@@ -640,7 +640,7 @@ def _open_simulated(cfg: DataConfig, reference_start: int) -> Sources:
         raise ValueError(f"data.theta_deg: {exc}") from None
     overrides = dict(cfg.simulator or {})
     try:
-        sim_cfg = SimulatorConfig(**{"geometry": cfg.geometry, **overrides})
+        sim_cfg = SimulatorConfig.for_geometry(cfg.geometry, **overrides)
     except TypeError as exc:
         fields = [f.name for f in dataclasses.fields(SimulatorConfig)]
         raise ValueError(

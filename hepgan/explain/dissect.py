@@ -74,7 +74,12 @@ REFERENCE_ENERGY_GEV = 100.0
 """Energy of the fixed-energy views (clipped into the run's range)."""
 
 # Conditions by architecture when the run's data config does not give them (file data): (GeV), (deg)
-_ARCH_RANGES = {"fixed25": ((10.0, 500.0), (90.0, 90.0)), "angle51": ((2.0, 500.0), (60.0, 120.0))}
+_ARCH_RANGES = {
+    "fixed25": ((10.0, 500.0), (90.0, 90.0)),
+    "angle51": ((2.0, 500.0), (60.0, 120.0)),
+    "ds2": ((1.0, 1000.0), (90.0, 90.0)),
+    "ds3": ((1.0, 1000.0), (90.0, 90.0)),
+}
 
 
 def observable_names() -> tuple[str, ...]:
@@ -242,7 +247,7 @@ def condition_range(conf: Any) -> tuple[tuple[float, float], tuple[float, float]
     if conf.data.kind == "simulated":
         energy = EnergySpec.parse(str(conf.data.energy)).bounds
         theta = parse_theta(str(conf.data.theta_deg))
-    if arch == "fixed25":
+    if arch != "angle51":  # normal incidence only
         theta = (90.0, 90.0)
     return (float(energy[0]), float(energy[1])), (float(theta[0]), float(theta[1]))
 
@@ -299,7 +304,7 @@ class Probe:
         self.conf, self.preprocess, self.batch = conf, preprocess, batch
         self.step = int(state.step)
         self.arch = str(conf.model.arch)
-        self.has_theta = self.arch != "fixed25"
+        self.has_theta = self.arch == "angle51"
         self.energy_range, self.theta_range_deg = condition_range(conf)
         mode = str(conf.train.sample_bn)
         if mode == "recomputed":  # on copies: the state's own statistics stay as they are

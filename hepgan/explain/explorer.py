@@ -499,7 +499,7 @@ def precompute(
     root, best, step = _checkpoint_spec(Path(run_dir), checkpoint)
     players, state, preprocess, conf = restore_run(root, best=best, step=step)
     probe = players.generator(state, ema=True)
-    angle_model = probe.cfg.arch != "fixed25"
+    angle_model = probe.cfg.arch == "angle51"
     latent_dim, noise_dim = int(probe.latent_dim), noise_dim_of(probe)
 
     e_axis = _default_energies(conf) if energies is None else np.asarray(energies, np.float64).ravel()

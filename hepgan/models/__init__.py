@@ -1,4 +1,5 @@
-"""The 3DGAN family in Flax NNX: the fixed-angle 3DGAN (25x25x25) and AngleGAN (51x51x25).
+"""The 3DGAN family in Flax NNX: the fixed-angle 3DGAN (25x25x25), AngleGAN (51x51x25) and a 3DGAN for
+the CaloChallenge datasets 2 and 3 (cylindrical grids).
 
 ``build(ModelConfig(arch=..., size=..., conv_impl=...), nnx.Rngs(seed)) -> (generator, discriminator)``.
 See ``docs/models.md`` for the layer tables, the Keras conventions kept, and the convolution choice.
@@ -12,6 +13,7 @@ from hepgan.cells import undo_power
 from hepgan.models.anglegan import AngleDiscriminator, AngleGenerator, measured_angle
 from hepgan.models.base import Discriminator, Generator, conv_specs
 from hepgan.models.config import ARCHS, PRESETS, SIZES, ModelConfig, ResolvedModelConfig
+from hepgan.models.cylindrical import CylindricalDiscriminator, CylindricalGenerator
 from hepgan.models.gan3d import Discriminator3D, Generator3D
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "SIZES",
     "AngleDiscriminator",
     "AngleGenerator",
+    "CylindricalDiscriminator",
+    "CylindricalGenerator",
     "Discriminator",
     "Discriminator3D",
     "Generator",
@@ -42,4 +46,6 @@ def build(cfg: ModelConfig | ResolvedModelConfig, rngs: nnx.Rngs) -> tuple[Gener
     cfg = cfg.resolve()
     if cfg.arch == "fixed25":
         return Generator3D(cfg, rngs=rngs), Discriminator3D(cfg, rngs=rngs)
+    if cfg.arch in ("ds2", "ds3"):
+        return CylindricalGenerator(cfg, rngs=rngs), CylindricalDiscriminator(cfg, rngs=rngs)
     return AngleGenerator(cfg, rngs=rngs), AngleDiscriminator(cfg, rngs=rngs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from hepgan.cells import CELL_POWER
 
-ARCHS = ("fixed25", "angle51")
+ARCHS = ("fixed25", "angle51", "ds2", "ds3")
 SIZES = ("paper", "small", "tiny")
 CONDITIONINGS = ("product", "product_and_value")
 """How the fixed-angle generator receives the energy (``ModelConfig.conditioning``)."""
@@ -41,6 +41,19 @@ PRESETS: dict[tuple[str, str], dict[str, object]] = {
     ("angle51", "tiny"): dict(
         latent_dim=8, g_dense_channels=1, g_channels=[2, 2, 2, 2, 2, 2], d_channels=[2, 2, 2, 2]
     ),
+    # CaloChallenge datasets 2 and 3 (hepgan.models.cylindrical): no published 3DGAN exists for these
+    # grids; "paper" is the fixed-angle model's scale of widths, "small" the CPU size.
+    **{
+        (arch, size): widths
+        for arch in ("ds2", "ds3")
+        for size, widths in {
+            "paper": dict(
+                latent_dim=200, g_dense_channels=8, g_channels=[64, 32, 16], d_channels=[32, 16, 16, 16]
+            ),
+            "small": dict(latent_dim=64, g_dense_channels=4, g_channels=[16, 8, 8], d_channels=[8, 8, 8, 8]),
+            "tiny": dict(latent_dim=8, g_dense_channels=1, g_channels=[2, 2, 2], d_channels=[2, 2, 2, 2]),
+        }.items()
+    },
 }
 
 # Per-architecture defaults of the non-width fields (the papers' values).
@@ -50,6 +63,9 @@ ARCH_DEFAULTS: dict[str, dict[str, object]] = {
     "fixed25": dict(bn_epsilon=1e-3, cell_power=CELL_POWER["fixed25"], d_bn_batch_stats=True),
     # AngleGAN passes epsilon=1e-6 to every BN layer; its cells enter as E^0.85 (hepgan.cells).
     "angle51": dict(bn_epsilon=1e-6, cell_power=CELL_POWER["angle51"], d_bn_batch_stats=False),
+    # CaloChallenge grids: the fixed-angle epsilon; cells enter as E^0.5 (hepgan.cells), BN as usual.
+    "ds2": dict(bn_epsilon=1e-3, cell_power=CELL_POWER["ds2"], d_bn_batch_stats=False),
+    "ds3": dict(bn_epsilon=1e-3, cell_power=CELL_POWER["ds3"], d_bn_batch_stats=False),
 }
 
 
@@ -61,7 +77,8 @@ DROPOUT_RNGS = ("hash", "threefry")
 class ModelConfig:
     """Which GAN to build. Fields left ``None`` take the (arch, size) preset / the paper's value.
 
-    arch: "fixed25" (3DGAN, 25x25x25 showers, normal incidence) or "angle51" (AngleGAN, 51x51x25).
+    arch: "fixed25" (3DGAN, 25x25x25 showers, normal incidence), "angle51" (AngleGAN, 51x51x25), "ds2" or
+      "ds3" (CaloChallenge datasets 2 and 3, (alpha, r, layer) grids; ``hepgan.models.cylindrical``).
     size: "paper" (the published widths), "small" (CPU demo) or "tiny" (tests).
     conv_impl: "xla" (direct convolution), "fft" (FFT convolution) or "auto" (per layer by a cost
       model: FFT where it is cheaper on CPU, always XLA on GPU/TPU); numerically equivalent.
@@ -123,10 +140,11 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.conditioning must be one of {CONDITIONINGS}; got {self.conditioning!r}"
             )
-        if self.arch == "angle51" and self.conditioning != "product":
+        if self.arch != "fixed25" and self.conditioning != "product":
             raise ValueError(
                 "ModelConfig.conditioning applies to arch fixed25 only (angle51 always concatenates E and "
-                f"theta to the noise); got conditioning={self.conditioning!r} with arch angle51"
+                "theta to the noise, ds2/ds3 log10 E); "
+                f"got conditioning={self.conditioning!r} with arch {self.arch}"
             )
         preset = {**PRESETS[(self.arch, self.size)], **ARCH_DEFAULTS[self.arch]}
         v = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -140,9 +158,14 @@ class ModelConfig:
                 f"ModelConfig for arch {self.arch!r} needs g_channels of length {n_g} and d_channels of "
                 f"length {n_d}; got {list(v['g_channels'])} and {list(v['d_channels'])}"
             )
+        # angle51 latent = [E/100, theta, noise...]; ds2/ds3 = [log10 E / 3, noise...]
         min_latent = (
-            3 if self.arch == "angle51" else 2 if self.conditioning != "product" else 1
-        )  # angle51 latent = [E/100, theta, noise...]
+            3
+            if self.arch == "angle51"
+            else 2
+            if self.conditioning != "product" or self.arch in ("ds2", "ds3")
+            else 1
+        )
         widths = [v["g_dense_channels"], *v["g_channels"], *v["d_channels"]]
         if int(v["latent_dim"]) < min_latent or any(int(c) < 1 for c in widths):
             raise ValueError(

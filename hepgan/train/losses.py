@@ -84,10 +84,15 @@ def adversarial(
 TERMS: dict[str, tuple[str, ...]] = {
     "fixed25": ("bce", "energy", "ecal"),
     "angle51": ("bce", "energy", "angle", "ecal"),
+    "ds2": ("bce", "energy", "ecal"),
+    "ds3": ("bce", "energy", "ecal"),
 }
 PAPER_WEIGHTS: dict[str, tuple[float, ...]] = {
     "fixed25": (2.0, 0.1, 0.1),
     "angle51": (3.0, 0.1, 25.0, 0.1),
+    # no paper for the CaloChallenge grids: the fixed-angle model's weights
+    "ds2": (2.0, 0.1, 0.1),
+    "ds3": (2.0, 0.1, 0.1),
 }
 
 

@@ -4,7 +4,9 @@
 when the showers carry an angle. The flat voxel axis has no geometry of its own, so our writer stores
 the grid (attribute ``grid`` = X, Y, Z) and the flattening order (``voxel_order``, default ``"ZXY"``:
 cell ``[x, y, z]`` is voxel ``((z * X) + x) * Y + y``); a file without ``grid`` needs the grid passed
-in. GeV <-> MeV is exact: the writer multiplies float32 GeV by 1000 in float64 (at most 34 significant
+in, except the challenge's datasets 2 (6480 voxels) and 3 (40500), read as the ``ds2``/``ds3`` grids
+(alpha, r, layer) of :mod:`hepgan.data.geometry`, whose "ZXY" order is the challenge's own.
+GeV <-> MeV is exact: the writer multiplies float32 GeV by 1000 in float64 (at most 34 significant
 bits), the reader divides by 1000 and gets the same float32 back.
 """
 
@@ -28,6 +30,10 @@ from hepgan.data.formats.base import (
     need,
 )
 from hepgan.data.types import Showers
+
+# The challenge's own datasets 2 and 3 carry no grid attribute: their voxel counts name them. Grids as the
+# ``ds2``/``ds3`` presets of hepgan.data.geometry, (alpha, r, layer), whose "ZXY" order is the challenge's.
+CHALLENGE_GRIDS: dict[int, tuple[int, int, int]] = {6480: (16, 9, 45), 40500: (50, 18, 45)}
 
 
 class CaloChallenge(Format):
@@ -63,6 +69,8 @@ class CaloChallenge(Format):
             )
         if inc.ndim not in (1, 2) or (inc.ndim == 2 and inc.shape[1] != 1):
             raise ShowerFileError(path, f"expected shape [N, 1]; found {inc.shape}", "incident_energies")
+        if want_grid is None:
+            want_grid = CHALLENGE_GRIDS.get(int(showers.shape[1]))
         if want_grid is None:
             raise ShowerFileError(
                 path,

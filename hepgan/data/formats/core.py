@@ -45,7 +45,12 @@ DEFAULT_GRID: dict[str, tuple[int, int, int]] = {
 DEFAULT_CELL_THRESHOLD: dict[str, float] = {name: spec.cell_threshold for name, spec in REGISTRY.items()}
 
 # Names the geometry presets answer to when the geometry module is not importable.
-_PRESET_GRIDS: dict[str, tuple[int, int, int]] = {"fixed25": (25, 25, 25), "angle51": (51, 51, 25)}
+_PRESET_GRIDS: dict[str, tuple[int, int, int]] = {
+    "fixed25": (25, 25, 25),
+    "angle51": (51, 51, 25),
+    "ds2": (16, 9, 45),
+    "ds3": (50, 18, 45),
+}
 
 _KNOWN_PER_EVENT = frozenset({"mtheta", "eta", "phi", "HCAL", "pdgID"})
 
