@@ -31,14 +31,37 @@ def normalise(ref: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return ref / scale, gen / scale
 
 
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """``|mu1 - mu2|^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2))`` for Gaussians ``(mu [F], C [F, F])``."""
+def _trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
+    """``Tr (C1 C2)^(1/2)`` for symmetric positive semi-definite ``C1, C2: [F, F]`` from eigenvalues:
+    ``C1 C2`` has the eigenvalues of the symmetric ``C1^(1/2) C2 C1^(1/2)``, so the trace is the sum of
+    their square roots (rounding-level negative eigenvalues count as 0). Two symmetric eigendecompositions
+    instead of a general matrix square root: several times faster at F = 362."""
+    w1, v1 = np.linalg.eigh(cov1)
+    s1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+    m = s1 @ cov2 @ s1
+    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+
+
+def frechet_distance(
+    mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray, *, trace_method: str = "sqrtm"
+) -> float:
+    """``|mu1 - mu2|^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2))`` for Gaussians ``(mu [F], C [F, F])``.
+
+    ``trace_method="sqrtm"`` (default, JetNet's computation) takes the matrix square root of ``C1 C2``;
+    ``"eigh"`` the same trace from symmetric eigenvalues (:func:`_trace_sqrt_product`), faster for
+    many features and equal to rounding for well-conditioned covariances."""
+    diff = mu1 - mu2
+    if trace_method == "eigh":
+        tr = _trace_sqrt_product(cov1, cov2)
+        return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr)
+    if trace_method != "sqrtm":
+        raise ValueError(f"trace_method must be 'sqrtm' or 'eigh'; got {trace_method!r}")
     covmean = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():  # near-singular product: regularise as FID implementations do
         eps = 1e-6 * np.eye(cov1.shape[0])
         covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
     covmean = np.real(covmean)
-    diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
 
 
@@ -55,11 +78,13 @@ def fpd(
     num_batches: int = 10,
     num_points: int = 8,
     seed: int = 0,
+    trace_method: str = "sqrtm",
 ) -> tuple[float, float]:
     """FPD ``(value, error)`` between feature sets ``ref: [N, F]`` and ``gen: [M, F]`` (unit-free).
 
     Sizes default to ``max_samples = min(N, M, 50000)`` and ``min_samples = 0.4 * max_samples`` (the
-    20k..50k ratio of JetNet's defaults); resampling is with replacement, as JetNet's. Raises
+    20k..50k ratio of JetNet's defaults); resampling is with replacement, as JetNet's. ``trace_method``
+    is passed to :func:`frechet_distance`. Raises
     :class:`InsufficientEventsError` when a set holds fewer than ``MIN_EVENTS_FPD`` events (the fit in
     1/N needs sizes well apart; :func:`hepgan.physics.metrics.evaluate` then skips the metric).
     """
@@ -78,8 +103,11 @@ def fpd(
             a = x[rng.integers(0, len(x), size)]
             b = y[rng.integers(0, len(y), size)]
             pts.append(
-                frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-            )
+                frechet_distance(
+                    a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False),
+                    trace_method=trace_method,
+                )
+            )  # fmt: skip
         vals.append(np.mean(pts))
     params, cov = optimize.curve_fit(
         _linear, 1.0 / sizes, np.asarray(vals), bounds=([0.0, 0.0], [np.inf, np.inf])
@@ -109,24 +137,28 @@ def kpd(
     batch_size: int = 5000,
     degree: int = 3,
     seed: int = 0,
+    replace: bool = False,
 ) -> tuple[float, float]:
     """KPD ``(median, error)`` between feature sets ``ref: [N, F]`` and ``gen: [M, F]`` (unit-free).
 
     Batches are drawn without replacement and ``batch_size`` is capped at half the smaller set: a batch
     with repeated events puts ``k(x, x)`` terms off the diagonal and biases the unbiased estimator up,
-    which matters here because our sets are smaller than JetNet's recommended 50k. Raises
-    :class:`InsufficientEventsError` when a set holds fewer than ``MIN_EVENTS_KPD`` events.
+    which matters here because our sets are smaller than JetNet's recommended 50k. ``replace=True``
+    draws as JetNet does instead: ``batch_size`` events with replacement from each set, uncapped.
+    Raises :class:`InsufficientEventsError` when a set holds fewer than ``MIN_EVENTS_KPD`` events.
     """
     n = min(len(ref), len(gen))
     if n < MIN_EVENTS_KPD:
         raise InsufficientEventsError("kpd", MIN_EVENTS_KPD, n, "in each set")
     x, y = normalise(np.asarray(ref, np.float64), np.asarray(gen, np.float64))
-    size = min(batch_size, n // 2)
+    size = batch_size if replace else min(batch_size, n // 2)
     rng = np.random.default_rng(seed)
     vals = np.array(
         [
             mmd_poly_unbiased(
-                x[rng.choice(len(x), size, replace=False)], y[rng.choice(len(y), size, replace=False)], degree
+                x[rng.choice(len(x), size, replace=replace)],
+                y[rng.choice(len(y), size, replace=replace)],
+                degree,
             )
             for _ in range(num_batches)
         ]
