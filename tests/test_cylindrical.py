@@ -34,7 +34,7 @@ def test_presets_are_the_challenge_binning() -> None:
         np.testing.assert_allclose(np.diff(g.r_edges_mm), pitch)
         assert g.r_edges_mm[-1] == pytest.approx(41.85)
         alpha, r, z = g.cell_centers()
-        assert alpha[0] == pytest.approx(np.pi / g.shape[0]) and r[0] == pytest.approx(pitch / 2)
+        assert alpha[0] == pytest.approx(-np.pi + np.pi / g.shape[0]) and r[0] == pytest.approx(pitch / 2)
         assert z[-1] == pytest.approx(44.5 * 3.4)
 
 
@@ -142,3 +142,15 @@ def test_config_rejects_fixed25_conditioning_for_ds2() -> None:
     with pytest.raises(ValueError, match="latent_dim"):
         ModelConfig(arch="ds2", size="tiny", latent_dim=1).resolve()
     assert dataclasses.replace(ModelConfig(arch="ds3", size="small")).resolve().cell_power == 0.5
+
+
+def test_presets_agree_with_the_evaluation_binning() -> None:
+    """The simulator's cells and the CaloChallenge suite's voxels are the same bins."""
+    from hepgan.physics.calochallenge import get_binning
+
+    for name, dataset in (("ds2", "2"), ("ds3", "3")):
+        g, b = get_geometry(name), get_binning(dataset)
+        assert g.shape == b.grid
+        alpha, r, _ = g.cell_centers()
+        np.testing.assert_allclose(alpha, b.alpha_centres(), atol=1e-12)
+        np.testing.assert_allclose(r, b.r_centres(), atol=1e-9)

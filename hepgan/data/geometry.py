@@ -30,8 +30,8 @@ binning files ``binning_dataset_2.xml``, ``binning_dataset_3.xml`` of its evalua
 
 The detector is 90 physical layers of 1.4 mm W and 0.3 mm Si read out in pairs, so a readout layer is
 3.4 mm deep (0.8 X0 of W) and holds two sampling layers (``layers_per_cell = 2``). The cell grid is
-``(X, Y, Z) = (alpha, r, layer)``: cell ``[a, r, z]`` covers the azimuth ``[a, a + 1) * 2 pi / n_alpha``
-(from the x axis) and the radii ``[r_edges_mm[r], r_edges_mm[r + 1])`` around the particle's direction
+``(X, Y, Z) = (alpha, r, layer)``: cell ``[a, r, z]`` covers the azimuth
+``-pi + [a, a + 1) * 2 pi / n_alpha`` (the challenge's ``XMLHandler`` convention) and the radii ``[r_edges_mm[r], r_edges_mm[r + 1])`` around the particle's direction
 at depth ``[z, z + 1) * layer_thickness_mm``. With the CaloChallenge format's ``voxel_order`` "ZXY"
 (cell ``[x, y, z]`` is voxel ``(z * X + x) * Y + y``) this is the challenge's own flat order, layer by
 layer, angle by angle, radius fastest, so its files are read without reordering.
@@ -125,7 +125,7 @@ class Geometry:
         nx, ny, nz = self.shape
         if self.cylindrical:
             edges = np.asarray(self.r_edges_mm, dtype=float)
-            alpha = (np.arange(nx) + 0.5) * (2 * np.pi / nx)
+            alpha = -np.pi + (np.arange(nx) + 0.5) * (2 * np.pi / nx)
             return alpha, (edges[:-1] + edges[1:]) / 2, (np.arange(nz) + 0.5) * self.layer_thickness_mm
         x = (np.arange(nx) - (nx - 1) / 2) * self.cell_size_mm
         y = (np.arange(ny) - (ny - 1) / 2) * self.cell_size_mm

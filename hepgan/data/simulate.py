@@ -599,10 +599,10 @@ def _simulate_block(
     iz = np.floor(z * f32(1 / geo.layer_thickness_mm))
     if geo.cylindrical:
         # normal incidence (checked in simulate): y is the second transverse coordinate. Cell [a, r, z]:
-        # azimuth bin a from the x axis, radial bin r of r_edges_mm.
+        # azimuth bin a of [-pi, pi) (the challenge's convention), radial bin r of r_edges_mm.
         edges = np.asarray(geo.r_edges_mm, dtype=f32)
-        azimuth = np.mod(np.arctan2(y, x), f32(2.0 * np.pi))
-        ix = np.minimum(np.floor(azimuth * f32(nx / (2.0 * np.pi))), f32(nx - 1))
+        azimuth = np.arctan2(y, x) + f32(np.pi)  # [0, 2 pi]
+        ix = np.clip(np.floor(azimuth * f32(nx / (2.0 * np.pi))), 0, f32(nx - 1))
         iy = (np.searchsorted(edges, np.hypot(x, y), side="right") - 1).astype(f32)
     else:
         ix = np.floor(x * f32(1 / geo.cell_size_mm) + f32(nx / 2))
