@@ -28,9 +28,9 @@ $(STAMP): pyproject.toml $(HEPGAN_CONSTRAINTS)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# jax (from the package's own dependencies) must be installed before mpi4jax is built: its build
 	# asks the installed jax for the FFI headers. So: hepgan and its extras first, then mpi4jax.
-	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[hpo,dev]" "mpi4py>=4.0" "mpich>=4.2" nanobind cython
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[hpo,dev,export]" "mpi4py>=4.0" "mpich>=4.2" nanobind cython
 	$(PY) -c "import mpi4jax" 2>/dev/null || $(MPI_BUILD_ENV) $(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation "mpi4jax>=0.5"
-	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[mpi,hpo,dev]"
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[mpi,hpo,dev,export]" && $(PY) -m pip install -q $(CONSTRAINTS) --no-deps "jax2onnx>=0.17"
 	touch $(STAMP)
 
 # The default training: a small 3DGAN on the built-in simulated showers (about 9.5 min on 2 CPU cores).

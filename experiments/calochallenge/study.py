@@ -48,17 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     for d in sets.values():
         if d.exists():
             shutil.rmtree(d)
-    _run([str(bindir / "hepgan-generate"), str(args.run), "--n", str(args.n), "--energy", "loguniform:1:1000",
-          "--format", "calochallenge", "--seed", str(GENERATION_SEED), "--out", str(sets["gan"])])  # fmt: skip
+    _run([str(bindir / "hepgan-generate"), str(args.run), "--n", str(args.n),
+          "--energy", "loguniform:1:1000", "--format", "calochallenge", "--seed", str(GENERATION_SEED),
+          "--out", str(sets["gan"])])  # fmt: skip
     for name, seed in (("reference", REFERENCE_SEED), ("simulator", BASELINE_SEED)):
-        _run([str(bindir / "hepgan-simulate"), "--geometry", "ds2", "--n-events", str(args.n), "--seed", str(seed),
-              "--out", str(sets[name])])  # fmt: skip
+        _run([str(bindir / "hepgan-simulate"), "--geometry", "ds2", "--n-events", str(args.n),
+              "--seed", str(seed), "--out", str(sets[name])])  # fmt: skip
     for name in ("gan", "simulator"):
         dest = out / name
         if dest.exists():
             shutil.rmtree(dest)
-        _run([str(bindir / "hepgan-evaluate"), str(sets[name]), str(sets["reference"]), "--suite", "calochallenge",
-              "--out", str(dest)])  # fmt: skip
+        _run([str(bindir / "hepgan-evaluate"), str(sets[name]), str(sets["reference"]),
+              "--suite", "calochallenge", "--out", str(dest)])  # fmt: skip
     run_out = out / "run"
     run_out.mkdir(parents=True, exist_ok=True)
     for f in ("val.csv", "manifest.json"):

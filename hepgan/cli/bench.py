@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "chaos": "hepgan.bench.chaos",
     "layout": "hepgan.bench.layout",
     "observe": "hepgan.bench.observe",
+    "export": "hepgan.bench.export",
 }
 # name -> module with a command line of its own (``main(argv) -> exit code``); not part of `all`
 STANDALONE: dict[str, str] = {

@@ -28,13 +28,13 @@ binning files ``binning_dataset_2.xml``, ``binning_dataset_3.xml`` of its evalua
 - ``ds2``: 45 layers x 16 angular x 9 radial bins (6480 voxels), radial pitch 4.65 mm (0.5 R_M of W);
 - ``ds3``: 45 layers x 50 angular x 18 radial bins (40500 voxels), radial pitch 2.325 mm.
 
-The detector is 90 physical layers of 1.4 mm W and 0.3 mm Si read out in pairs, so a readout layer is
-3.4 mm deep (0.8 X0 of W) and holds two sampling layers (``layers_per_cell = 2``). The cell grid is
-``(X, Y, Z) = (alpha, r, layer)``: cell ``[a, r, z]`` covers the azimuth
-``-pi + [a, a + 1) * 2 pi / n_alpha`` (the challenge's ``XMLHandler`` convention) and the radii ``[r_edges_mm[r], r_edges_mm[r + 1])`` around the particle's direction
-at depth ``[z, z + 1) * layer_thickness_mm``. With the CaloChallenge format's ``voxel_order`` "ZXY"
-(cell ``[x, y, z]`` is voxel ``(z * X + x) * Y + y``) this is the challenge's own flat order, layer by
-layer, angle by angle, radius fastest, so its files are read without reordering.
+The detector is 90 physical layers of 1.4 mm W and 0.3 mm Si read out in pairs, so a readout layer is 3.4
+mm deep (0.8 X0 of W) and holds two sampling layers (``layers_per_cell = 2``). The cell grid is ``(X, Y,
+Z) = (alpha, r, layer)``: cell ``[a, r, z]`` covers the azimuth ``-pi + [a, a + 1) * 2 pi / n_alpha``
+(the challenge's ``XMLHandler`` convention) and the radii ``[r_edges_mm[r], r_edges_mm[r + 1])`` around
+the particle's direction at depth ``[z, z + 1) * layer_thickness_mm``. With the CaloChallenge format's
+``voxel_order`` "ZXY" (cell ``[x, y, z]`` is voxel ``(z * X + x) * Y + y``) this is the challenge's own
+flat order, layer by layer, angle by angle, radius fastest, so its files are read without reordering.
 """
 
 from __future__ import annotations
