@@ -39,8 +39,10 @@ $(STAMP): pyproject.toml $(HEPGAN_CONSTRAINTS)
 demo: $(STAMP)
 	$(VENV)/bin/hepgan-train out=runs/demo
 
+# PYTEST_ARGS: extra pytest options, e.g. make test PYTEST_ARGS="--durations=30" or PYTEST_ARGS="-k export"
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hepgan hydra_plugins tests experiments paper
