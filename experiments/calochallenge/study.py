@@ -14,13 +14,15 @@ Steps (each a hepgan command, printed before it runs):
    the reference.
 
 Writes ``OUT/gan/`` and ``OUT/simulator/`` (each ``metrics.json``, ``comparison.md``, ``figures/``), and
-copies the run's ``val.csv``, ``manifest.json`` and training-report figures into ``OUT/run/``. Shower
+copies the run's ``val.csv``, its ``manifest.json`` (without host name and start time) and its
+training-report figures into ``OUT/run/``. Shower
 files stay under ``--work``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -62,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
               "--suite", "calochallenge", "--out", str(dest)])  # fmt: skip
     run_out = out / "run"
     run_out.mkdir(parents=True, exist_ok=True)
-    for f in ("val.csv", "manifest.json"):
-        shutil.copy2(args.run / f, run_out / f)
+    shutil.copy2(args.run / "val.csv", run_out / "val.csv")
+    manifest = json.loads((args.run / "manifest.json").read_text())
+    for key in ("hostname", "start_time"):  # where and when, not what: kept out of the repository
+        manifest.pop(key, None)
+    text = json.dumps(manifest, indent=1).replace(str(args.run.resolve()), f"runs/{args.run.name}")
+    (run_out / "manifest.json").write_text(text + "\n")
     figures = args.run / "report" / "figures"
     if figures.is_dir():
         shutil.copytree(figures, run_out / "figures", dirs_exist_ok=True)
