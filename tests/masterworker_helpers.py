@@ -22,11 +22,20 @@ COMMON = [
 ]
 
 
-def mpirun(n: int, args: list[str], timeout: int = 400) -> str:
-    """``mpirun -n N ARGS`` on the CPU; its output (the test fails with the output's end otherwise)."""
+def mpirun(n: int, args: list[str], timeout: int = 400, cache: Path | None = None) -> str:
+    """``mpirun -n N ARGS`` on the CPU; its output (the test fails with the output's end otherwise).
+
+    ``cache``: a JAX persistent compilation cache folder shared by the runs of one test, so that a rerun
+    loads the executables the first run compiled (the same programs: results are unchanged)."""
     if not MPIRUN.exists():
         pytest.skip("mpirun not found next to the Python interpreter (install the mpi extra)")
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    if cache is not None:
+        env |= {
+            "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        }
     proc = subprocess.run(
         [str(MPIRUN), "-n", str(n), *args], env=env, capture_output=True, text=True, timeout=timeout
     )

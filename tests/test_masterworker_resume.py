@@ -16,13 +16,13 @@ def test_master_and_two_workers_train_checkpoint_and_resume_as_an_uninterrupted_
     resuming must restore both."""
     args = [str(TRAIN), *COMMON, "logging.every_steps=2", "parallel=easgd", "parallel.exchange_every=1"]
     args.append("parallel.ordered=true")
-    run = tmp_path / "resumed"
-    mpirun(3, [*args, f"out={run}", "train.max_steps=2"])
+    run, cache = tmp_path / "resumed", tmp_path / "xla_cache"
+    mpirun(3, [*args, f"out={run}", "train.max_steps=2"], cache=cache)
     assert (run / "workers" / "worker1" / "checkpoints" / "2").is_dir()
-    log = mpirun(3, [*args, f"out={run}", "train.max_steps=4"])
+    log = mpirun(3, [*args, f"out={run}", "train.max_steps=4"], cache=cache)
     assert log.count("at step 2") == 3  # master and both workers resumed
     whole = tmp_path / "whole"
-    mpirun(3, [*args, f"out={whole}", "train.max_steps=4"])
+    mpirun(3, [*args, f"out={whole}", "train.max_steps=4"], cache=cache)
     for who in (None, 0, 1):  # the centre, and each worker's own state
         for a, b in zip(leaves(run, who), leaves(whole, who), strict=True):
             np.testing.assert_array_equal(a, b)

@@ -108,9 +108,18 @@ def test_checkpoint_written_on_8_devices_restores_on_2_and_1(tmp_path):
 
 def _start_cli(args: list[str], n: int, port: int, log_dir) -> list[tuple[subprocess.Popen, object]]:
     """Start ``hepgan-train ARGS`` as ``n`` processes of one jax.distributed run (one CPU device each);
-    process ``i`` logs to ``log_dir/rank<i>-<port>.log``. Returns ``(process, open log file)`` pairs."""
+    process ``i`` logs to ``log_dir/rank<i>-<port>.log``. Returns ``(process, open log file)`` pairs.
+    The runs of one test share a JAX persistent compilation cache in ``log_dir``: a rerun loads the
+    executables the first run compiled (the same programs, so the same results)."""
     exe = os.path.join(os.path.dirname(sys.executable), "hepgan-train")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(log_dir / "xla_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
     procs = []
     for i in range(n):
         dist = [

@@ -226,6 +226,15 @@ def test_every_checked_key_is_a_schema_key_with_a_valid_default():
         ),
         ("paper_angle51", {"model.arch": "angle51", "model.size": "paper"}),
         ("cpu_fixed25", {"model.conditioning": "product_and_value", "train.d_batch": "joint"}),
+        (
+            "calochallenge_ds2",
+            {
+                "model.arch": "ds2",
+                "data.geometry": "ds2",
+                "data.energy": "loguniform:1:1000",
+                "train.epochs": 4,
+            },
+        ),
     ],
 )
 def test_every_experiment_composes_and_validates(experiment, expect):
@@ -242,4 +251,9 @@ def test_experiment_files_are_all_covered():
     from importlib import resources
 
     files = {p.name[:-5] for p in resources.files("hepgan.conf").joinpath("experiment").iterdir()}
-    assert {f for f in files if not f.startswith("_")} == {"paper_fixed25", "paper_angle51", "cpu_fixed25"}
+    assert {f for f in files if not f.startswith("_")} == {
+        "paper_fixed25",
+        "paper_angle51",
+        "cpu_fixed25",
+        "calochallenge_ds2",
+    }
