@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hepgan.fileio import write_bytes
 from hepgan.models.conv import Conv3D, choose_impl, record_convs, resolve_padding, upsample_nearest
 
 FORMATS = ("onnx", "stablehlo")
@@ -526,24 +526,6 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def export_run(
     run_dir: str | Path,
     fmt: str,
@@ -648,8 +630,8 @@ def export_run(
     from hepgan.fileio import write_json
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes(out, data)
+    write_bytes(out, data)
     for path, content in extra.items():
-        _write_bytes(path, content)
+        write_bytes(path, content)
     write_json(out.with_name(out.name + ".json"), record)
     return record

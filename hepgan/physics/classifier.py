@@ -145,6 +145,19 @@ def _one_label_per_event(
     return g[keep_g], kg[keep_g], r[keep_r], kr[keep_r], int(shared.size)
 
 
+def feature_pair(gen: np.ndarray, ref: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``gen: [N, F]`` and ``ref: [M, F]`` as float32; ``ValueError`` naming ``name`` unless both are 2-D
+    with the same number of features ``F``."""
+    g = np.asarray(gen, np.float32)
+    r = np.asarray(ref, np.float32)
+    if g.ndim != 2 or r.ndim != 2 or g.shape[1] != r.shape[1]:
+        raise ValueError(
+            f"{name}: generated and reference inputs must be [N, F] arrays with the same F; "
+            f"got {g.shape} and {r.shape}"
+        )
+    return g, r
+
+
 def classifier_auc(
     gen: np.ndarray,
     ref: np.ndarray,
@@ -164,13 +177,7 @@ def classifier_auc(
     (trained) and ``best_epoch`` (kept). Inputs are standardised with the training split's mean and
     spread. Raises :class:`InsufficientEventsError` when fewer than :data:`MIN_EVENTS` distinct events
     per label remain, ``ValueError`` for arrays that are not ``[N, F]`` with one ``F``."""
-    g = np.asarray(gen, np.float32)
-    r = np.asarray(ref, np.float32)
-    if g.ndim != 2 or r.ndim != 2 or g.shape[1] != r.shape[1]:
-        raise ValueError(
-            f"{name}: generated and reference inputs must be [N, F] arrays with the same F; "
-            f"got {g.shape} and {r.shape}"
-        )
+    g, r = feature_pair(gen, ref, name)
     if len(split) != 3 or min(split) <= 0 or not np.isclose(sum(split), 1.0):
         raise ValueError(
             f"{name}: split must be three positive train/validation/test fractions summing to 1; got {split}"

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from hepgan.physics.calochallenge.features import CHUNK, apply_threshold
-from hepgan.physics.classifier import auc
+from hepgan.physics.classifier import auc, feature_pair
 from hepgan.physics.errors import InsufficientEventsError
 
 MIN_EVENTS = 100
@@ -201,13 +201,7 @@ def challenge_auc(
     calibrated), ``best_epoch``, ``epochs`` (trained) and ``n_train``, ``n_test``, ``n_val`` (events of
     both labels). Both sets are first cut to the smaller size. Raises :class:`InsufficientEventsError`
     below :data:`MIN_EVENTS` events per set, ``ValueError`` for inputs that are not ``[N, F]`` with one F."""
-    g = np.asarray(gen, np.float32)
-    r = np.asarray(ref, np.float32)
-    if g.ndim != 2 or r.ndim != 2 or g.shape[1] != r.shape[1]:
-        raise ValueError(
-            f"{name}: generated and reference inputs must be [N, F] arrays with the same F; "
-            f"got {g.shape} and {r.shape}"
-        )
+    g, r = feature_pair(gen, ref, name)
     n = min(len(g), len(r))
     if n < MIN_EVENTS:
         raise InsufficientEventsError(name, MIN_EVENTS, n, "in each set")
