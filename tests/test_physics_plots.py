@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from hepgan.physics.plots import convergence_figure
@@ -36,3 +37,24 @@ def test_convergence_figure_draws_the_metrics_present() -> None:
 def test_convergence_figure_needs_the_columns() -> None:
     with pytest.raises(ValueError, match="showers_seen"):
         convergence_figure([{"step": 1.0, "physics_score": 0.3}])
+
+
+def test_energy_bins_follow_the_energy_distribution() -> None:
+    """Log-uniform energies (CaloChallenge: 1 GeV - 1 TeV) get logarithmic bins, uniform ones (3DGAN:
+    10-500 GeV) linear bins; either way the edges span the set."""
+    from hepgan.physics.plots import energy_edges
+
+    rng = np.random.default_rng(0)
+    logu = 10 ** rng.uniform(0, 3, 5000)
+    edges, log = energy_edges(logu)
+    assert log and len(edges) == 16
+    np.testing.assert_allclose(np.diff(np.log(edges)), np.log(edges[1] / edges[0]), rtol=1e-9)
+    assert edges[0] == logu.min() and edges[-1] >= logu.max()
+    # half of a log-uniform set lies below 31.6 GeV: about half of the bins there too
+    assert 6 <= np.sum(edges < 31.6) <= 9
+    uni = rng.uniform(10, 500, 5000)
+    edges, log = energy_edges(uni)
+    assert not log
+    np.testing.assert_allclose(np.diff(edges), edges[1] - edges[0], rtol=1e-6)
+    edges, log = energy_edges(np.full(10, 100.0))  # one energy: one bin around it
+    assert not log and edges[0] < 100 < edges[-1]

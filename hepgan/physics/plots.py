@@ -122,11 +122,30 @@ def _binned_mean(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> tuple[np.nd
     return mean, err
 
 
+def energy_edges(energy: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, bool]:
+    """Bin edges ``[n_bins + 1]`` (GeV) over ``energy: [N] GeV`` and whether they are logarithmic.
+
+    Logarithmic when the energies look log-uniform rather than uniform: their median is closer (in log)
+    to the range's geometric middle than to its arithmetic middle (1 GeV - 1 TeV log-uniform: median
+    31.6 GeV, geometric middle 31.6; 10-500 GeV uniform: median 255, arithmetic middle 255), so that the
+    low energies of a log-uniform set get bins of their own."""
+    lo, hi = float(np.min(energy)), float(np.max(energy))
+    if not hi > lo:
+        return np.array([lo - 1, hi + 1]), False
+    top = hi + 1e-6 * max(hi, 1.0)
+    if lo > 0:
+        med = float(np.median(energy))
+        geo, arith = np.sqrt(lo * hi), 0.5 * (lo + hi)
+        if abs(np.log(med / geo)) < abs(np.log(med / arith)):
+            return np.geomspace(lo, top, n_bins + 1), True
+    return np.linspace(lo, top, n_bins + 1), False
+
+
 def versus_energy_figure(gen: ObservableSet, ref: ObservableSet, name: str) -> Figure:
-    """Mean of observable ``name`` versus primary energy (e.g. the sampling fraction), with ratio panel."""
-    lo, hi = float(ref.energy.min()), float(ref.energy.max())
-    edges = np.linspace(lo, hi + 1e-6 * max(hi, 1.0), 16) if hi > lo else np.array([lo - 1, hi + 1])
-    centres = 0.5 * (edges[1:] + edges[:-1])
+    """Mean of observable ``name`` versus primary energy (e.g. the sampling fraction), with ratio panel;
+    logarithmic energy bins for log-uniform energies (:func:`energy_edges`)."""
+    edges, log = energy_edges(ref.energy)
+    centres = np.sqrt(edges[1:] * edges[:-1]) if log else 0.5 * (edges[1:] + edges[:-1])
     mr, er = _binned_mean(ref.energy, ref.scalars[name], edges)
     mg, eg = _binned_mean(gen.energy, gen.scalars[name], edges)
     fig, (a, r) = plt.subplots(2, 1, figsize=(5.5, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -138,6 +157,8 @@ def versus_energy_figure(gen: ObservableSet, ref: ObservableSet, name: str) -> F
     r.axhline(1.0, color="grey", lw=0.8)
     r.set_xlabel("primary energy [GeV]")
     r.set_ylabel("gen / ref")
+    if log:
+        r.set_xscale("log")
     fig.tight_layout()
     return fig
 
