@@ -1,9 +1,10 @@
 """``hepgan-bench``: run the package's benchmarks and keep their JSON results.
 
-Each benchmark is a module ``hepgan.bench.<name>`` exposing ``run(quick: bool) -> dict``; this entry point
-only dispatches and writes ``<out>/<name>.json``. ``peers`` (hepgan against a Keras/TensorFlow peer) has
-options of its own and is not part of ``all``: it needs the optional peer environment (``make
-peers-venv``) and runs for hours; ``hepgan-bench peers --help`` lists them.
+Each benchmark is a module under ``hepgan.bench`` exposing ``run(quick: bool) -> dict``; this entry point
+only dispatches and writes ``<out>/<name>.json`` (a dash in the name written as ``_``: ``plan-startup`` ->
+``plan_startup.json``). ``peers`` (hepgan against a Keras/TensorFlow peer) has options of its own and is
+not part of ``all``: it needs the optional peer environment (``make peers-venv``) and runs for hours;
+``hepgan-bench peers --help`` lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hepgan.bench.common import write_result
 BENCHMARKS: dict[str, str] = {
     "simulate": "hepgan.bench.simulate",
     "read": "hepgan.bench.read",
+    "hdf5_compression": "hepgan.bench.hdf5_compression",
     "evaluate": "hepgan.bench.evaluate",
     "conv": "hepgan.bench.conv",
     "levers": "hepgan.bench.levers",
@@ -28,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "layout": "hepgan.bench.layout",
     "observe": "hepgan.bench.observe",
     "export": "hepgan.bench.export",
+    "plan-startup": "hepgan.bench.plan",
 }
 # name -> module with a command line of its own (``main(argv) -> exit code``); not part of `all`
 STANDALONE: dict[str, str] = {
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {name}", flush=True)
         result = mod.run(quick=args.quick)
-        path = write_result(name, result, args.out)
+        path = write_result(name.replace("-", "_"), result, args.out)
         print(f"   wrote {path}", flush=True)
     return 1 if failed else 0
 

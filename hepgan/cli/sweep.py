@@ -69,7 +69,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hepgan.sweep.plan import config_loader, plan_sweep, sweep_arguments, write_plan
+    from hepgan.sweep.plan import config_loader, plan_index_path, plan_sweep, sweep_arguments, write_plan
     from hepgan.sweep.runner import RunSettings, compose_config
 
     overrides = sweep_arguments(args.sweep)
@@ -87,13 +87,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     f"entry {i} does not compose (use --no-validate to skip this check): {exc}"
                 ) from None
     path = write_plan(args.output, entries, comment="sweep: " + " ".join(overrides))
-    _log(f"{path}: {len(entries)} entries")
+    _log(f"{path}: {len(entries)} entries (index {plan_index_path(path)})")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hepgan.sweep.plan import read_plan, scheduler_task, task_entries
-    from hepgan.sweep.runner import run_plan_entries
+    from hepgan.sweep.plan import default_sweep_dir, open_plan_index, scheduler_task, task_entries
 
     if args.index == "auto":
         task, job = scheduler_task()
@@ -103,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             task = int(args.index)
         except ValueError:
             raise ValueError(f"INDEX must be an integer or 'auto'; got {args.index!r}") from None
-    n = len(read_plan(args.plan))
+    plan = open_plan_index(args.plan, log=_log)  # the index header only: constant time in the plan length
+    n = len(plan)
     indices = task_entries(task, n, offset=args.offset, per_task=args.per_task)
     if not indices:
         _log(
@@ -111,11 +111,35 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"per-task {args.per_task})"
         )
         return 0
-    results = run_plan_entries(args.plan, list(indices), _settings(args), sweep_dir=args.sweep_dir, log=_log)
+    if args.dry_run:
+        sd = Path(args.sweep_dir) if args.sweep_dir else default_sweep_dir(args.plan)
+        for i, e in zip(indices, plan.entries(list(indices)), strict=True):
+            line = {
+                "index": i,
+                "overrides": list(e.overrides),
+                "meta": dict(e.meta),
+                "run_dir": str(sd / str(i)),
+            }
+            print(json.dumps(line), flush=True)
+        return 0
+    from hepgan.sweep.runner import run_plan_entries
+
+    results = run_plan_entries(plan, list(indices), _settings(args), sweep_dir=args.sweep_dir, log=_log)
     if any(r["status"] == "preempted" for r in results):
         _log(f"pre-empted: exiting {EXIT_PREEMPTED} so that the task is requeued; a rerun resumes it")
         return EXIT_PREEMPTED
     return 1 if any(r["status"] == "failed" for r in results) else 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from hepgan.sweep.plan import index_plan, plan_index_path
+
+    plan = index_plan(args.plan)
+    if args.count:  # for job scripts: N=$(hepgan-sweep index PLAN --count); sbatch --array=0-$((N-1))
+        print(len(plan))
+    else:
+        _log(f"{args.plan}: {len(plan)} entries; index {plan_index_path(args.plan)}")
+    return 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -132,7 +156,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_tell(args: argparse.Namespace) -> int:
     from hepgan.sweep.study import tell_results
 
-    counts = tell_results(args.study_dir, args.results, fail_missing=args.fail_missing)
+    counts = tell_results(args.study_dir, args.results, fail_missing=args.fail_missing, log=_log)
     _log(json.dumps(counts))
     return 0
 
@@ -187,32 +211,84 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_panda_eval(args: argparse.Namespace) -> int:
+    """PanDA evaluation payload: train the point of input.json, write output.json; exit 0 once written."""
     from hepgan.sweep.panda import panda_eval
+    from hepgan.sweep.runner import write_json
     from hepgan.sweep.space import load_space
 
-    space = load_space(args.space) if args.space else None
+    try:
+        space = load_space(args.space) if args.space else None
+        settings = _settings(args)
+    except ValueError as exc:  # PanDA reads output.json, not the exit code: say it there
+        out = {"status": 1, "loss": None, "message": f"ValueError: {exc}"}
+        write_json(Path(args.workdir) / args.output, out)
+        _log(json.dumps(out))
+        return 0
     out = panda_eval(
-        args.workdir, _settings(args), space=space, input_name=args.input, output_name=args.output
+        args.workdir,
+        settings,
+        space=space,
+        storage=args.storage,
+        input_name=args.input,
+        output_name=args.output,
     )
     _log(json.dumps(out))
     return 0
 
 
 def cmd_panda_steer(args: argparse.Namespace) -> int:
+    """PanDA steering step: new points (or [] to end the search) from %IN to %OUT."""
     from hepgan.sweep.panda import panda_steer
     from hepgan.sweep.space import load_space
 
     new = panda_steer(
-        load_space(args.space), args.in_path, args.out_path, budget=args.budget, n_points=args.n_points
+        load_space(args.space),
+        args.in_path,
+        args.out_path,
+        budget=args.budget,
+        n_points=args.n_points,
+        storage=args.storage,
+        target=args.target,
+        patience=args.patience,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     _log(f"{args.out_path}: {len(new)} new points")
     return 0
 
 
+def _objectives_of(args: argparse.Namespace, *, want_study: bool = False) -> tuple[Any, Any]:
+    """The search space named by ``--space`` or ``--study-dir`` (None without either) and, when
+    ``want_study`` and its storage is known (``--study-dir``, or ``--space`` with ``--storage``), its
+    study."""
+    from hepgan.sweep.space import load_space
+    from hepgan.sweep.study import JOURNAL_NAME, SPACE_NAME, load_study, open_storage
+
+    if args.study_dir and args.space:
+        raise ValueError("give --study-dir D (driver-batch) or --space SPACE [--storage URL], not both")
+    if args.storage and not args.space:
+        raise ValueError("--storage needs --space SPACE (the study's search space)")
+    if args.study_dir:
+        space = load_space(Path(args.study_dir) / SPACE_NAME)
+        storage = open_storage(Path(args.study_dir) / JOURNAL_NAME) if want_study else None
+    elif args.space:
+        space = load_space(args.space)
+        storage = open_storage(args.storage) if want_study and args.storage else None
+    else:
+        return None, None
+    return space, None if storage is None else load_study(space, storage)
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from hepgan.sweep.results import collect
 
-    _log(json.dumps(collect(args.dirs, args.output, metric=args.metric), indent=2))
+    space, study = _objectives_of(args, want_study=True)
+    if space is None:
+        out = collect(args.dirs, args.output, metric=args.metric)
+    else:
+        out = collect(
+            args.dirs, args.output, objectives=space.objectives, directions=space.directions, study=study
+        )
+    _log(json.dumps(out, indent=2))
     return 0
 
 
@@ -221,17 +297,22 @@ def cmd_best(args: argparse.Namespace) -> int:
     from hepgan.sweep.runner import load_callable
 
     eval_fn = load_callable(args.eval_fn) if args.eval_fn else None
+    space, _ = _objectives_of(args)
     report = select_best(
         args.dirs,
-        metric=args.metric,
+        metric=space.objective if space is not None else args.metric,
         top_k=args.top_k,
         reevaluate=args.reevaluate,
         eval_fn=eval_fn,
         seed=args.seed,
-        maximize=args.maximize,
+        maximize=space.direction == "maximize" if space is not None else args.maximize,
+        objectives=None if space is None else space.objectives,
+        directions=None if space is None else space.directions,
     )
     if args.out:
         write_best(report, args.out)
+    if "rule" in report:
+        _log(f"best: {report['rule']}")
     _log(json.dumps(report["best"], indent=2))
     return 0
 
@@ -250,6 +331,13 @@ def cmd_warm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _add_space_options(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("search space", f"take the {what} from the campaign's space")
+    g.add_argument("--space", default=None, help="search space YAML")
+    g.add_argument("--study-dir", default=None, help="driver-batch study dir (its space and study)")
+    g.add_argument("--storage", default=None, help="with --space: the worker-pull study's storage")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,8 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--sweep-dir", default=None, help="where run dirs go (default: the plan path minus suffix)"
     )
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the task's entries (JSON lines: index, overrides, meta, run_dir) and train nothing",
+    )
     _add_run_options(s)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser(
+        "index", help="(re)build a plan's index PLAN.idx (after editing the plan or copying it without -p)"
+    )
+    s.add_argument("plan")
+    s.add_argument("--count", action="store_true", help="print only the number of entries (for job scripts)")
+    s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("ask", help="driver-batch: ask N new Optuna trials and write them as a plan")
     s.add_argument("space", help="search space YAML")
@@ -346,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default=".", help="folder with input.json (%(default)s)")
     s.add_argument("--input", default="input.json")
     s.add_argument("--output", default="output.json")
+    s.add_argument(
+        "--storage",
+        default=None,
+        help="the steering's Optuna storage (journal file or database URL): report to the point's trial "
+        "and be pruned by the space's pruner (default: no storage, no pruning)",
+    )
     _add_run_options(s)
     s.set_defaults(func=cmd_panda_eval)
 
@@ -355,6 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", dest="out_path", required=True, help="output for new points (%%OUT)")
     s.add_argument("--budget", type=int, required=True, help="total points of the search (%%MAX_POINTS)")
     s.add_argument("--n-points", type=int, default=1, help="new points per call (%%NUM_POINTS)")
+    s.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage the evaluation jobs reach too (database URL or shared journal file): keeps "
+        "the study, with pruned and failed trials (default: stateless, rebuilt from %%IN)",
+    )
+    s.add_argument(
+        "--target", type=float, default=None, help="end the search once a trial reaches this objective value"
+    )
+    s.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="end the search after this many completed trials in a row without a new best",
+    )
     s.set_defaults(func=cmd_panda_steer)
 
     s = sub.add_parser("collect", help="table (CSV, markdown) and plots of every trial")
@@ -362,13 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "-o", "--output", required=True, help="output path prefix (writes .csv, .md, _objective.png)"
     )
-    s.add_argument("--metric", default="physics_score")
+    s.add_argument("--metric", default="physics_score", help="objective without a space (%(default)s)")
+    _add_space_options(s, "objectives and directions (several: Pareto front, _pareto.csv and .png)")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("best", help="the best trial by physics (optionally re-evaluating the top k)")
     s.add_argument("dirs", nargs="+")
     s.add_argument("--metric", default="physics_score")
     s.add_argument("--maximize", action="store_true", help="higher is better for --metric")
+    _add_space_options(
+        s, "objectives instead of --metric (several: the best of the Pareto front on the first)"
+    )
     s.add_argument("--top-k", type=int, default=1)
     s.add_argument(
         "--reevaluate", type=int, default=None, metavar="N", help="re-evaluate the top k on N events"
@@ -392,12 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``hepgan-sweep``; returns the exit code (2 with a one-line message on bad input)."""
     args = build_parser().parse_args(argv)
-    try:
-        import optuna
+    # an array task of a plan never needs Optuna: keep its ~0.1 s import off every task's start-up
+    if args.cmd not in ("plan", "run", "index"):
+        try:
+            import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-    except ImportError:
-        pass
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        except ImportError:
+            pass
     try:
         return int(args.func(args))
     except ValueError as exc:

@@ -37,7 +37,7 @@ from typing import Any
 
 # write_json is also imported from here by the rest of the sweep room
 from hepgan.fileio import write_json, write_text
-from hepgan.sweep.plan import job_info
+from hepgan.sweep.plan import PlanIndex, job_info
 
 #: ``report(step, metrics)``: called by the training every few epochs; may raise to prune the run.
 Reporter = Callable[[int, Mapping[str, float]], None]
@@ -188,7 +188,8 @@ def training_metrics(out: Mapping[str, Any]) -> dict[str, Any]:
 
     A flat mapping (``{"physics_score": ..., ...}``) is kept as is. ``hepgan.train.fit``'s result
     (``{"objective", "metrics": {...}, "step", "paths": {...}, "history", ...}``) becomes its final
-    metrics plus ``step``, ``epoch``, ``best_step`` and ``checkpoint`` (the run's best checkpoint folder);
+    metrics plus ``step``, ``epoch``, ``best_step``, ``showers_per_s`` (training throughput) and
+    ``checkpoint`` (the run's best checkpoint folder);
     the history stays in the run directory (``val.csv``), not in ``result.json``.
     """
     inner = out.get("metrics")
@@ -198,6 +199,10 @@ def training_metrics(out: Mapping[str, Any]) -> dict[str, Any]:
     for k in ("step", "epoch"):
         if k in out:
             flat[k] = out[k]
+    timing = out.get("timing")
+    if isinstance(timing, Mapping) and "showers_per_s" in timing:
+        # the throughput objective of multi-objective searches (physics_score vs showers/s)
+        flat.setdefault("showers_per_s", timing["showers_per_s"])
     best = out.get("best")
     if isinstance(best, Mapping) and "step" in best:
         flat["best_step"] = best["step"]
@@ -344,7 +349,7 @@ def _save_hydra_dir(run_dir: Path, cfg: Any, overrides: Sequence[str]) -> None:
 
 
 def run_plan_entries(
-    plan_path: str | os.PathLike,
+    plan_path: str | os.PathLike | PlanIndex,
     indices: Sequence[int],
     settings: RunSettings,
     *,
@@ -353,20 +358,20 @@ def run_plan_entries(
 ) -> list[dict[str, Any]]:
     """Run the plan entries ``indices`` one after the other, each in ``<sweep_dir>/<index>``.
 
+    ``plan_path``: the plan, or its index already opened (:func:`hepgan.sweep.plan.open_plan_index`). Only
+    the entries' own lines are read (through the plan's index), so start-up does not grow with the plan.
     A failing entry is recorded and the next one still runs. A pre-empted entry (status ``preempted``)
     ends the task: the entries after it are not started, as the process is about to be stopped; a rerun
     resumes it and runs them. Returns the result records in order.
     """
-    from hepgan.sweep.plan import default_sweep_dir, read_plan
+    from hepgan.sweep.plan import default_sweep_dir, open_plan_index
 
-    entries = read_plan(plan_path)
-    sd = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(plan_path)
+    plan = plan_path if isinstance(plan_path, PlanIndex) else open_plan_index(plan_path, log=log)
+    entries = plan.entries(list(indices))
+    sd = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(plan.path)
     results = []
-    for i in indices:
-        if not 0 <= i < len(entries):
-            raise ValueError(f"plan {str(plan_path)!r} has {len(entries)} entries; index {i} is out of range")
-        entry = entries[i]
-        meta = {"plan": str(Path(plan_path).resolve()), "index": i, **entry.meta}
+    for i, entry in zip(indices, entries, strict=True):
+        meta = {"plan": str(plan.path.resolve()), "index": i, **entry.meta}
         res = run_trial(entry.overrides, sd / str(i), settings, meta=meta)
         if log is not None:
             what = "already done" if res.get("skipped") else res["status"]

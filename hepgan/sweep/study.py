@@ -7,7 +7,12 @@ an array job runs the plan (``hepgan-sweep run``: compute nodes need no database
 worker-pull: every array task asks for a trial, trains it and tells the result itself through a shared
 storage (a journal file on a shared file system for one cluster; PostgreSQL/MySQL URL for many). The
 training reports the objective every few epochs through an injected ``report`` callback, and the study's
-``MedianPruner`` stops hopeless trials after its warm-up.
+pruner (``MedianPruner`` by default) stops hopeless trials after its warm-up. In driver-batch mode ``tell``
+records the same learning curve afterwards, from the run's ``val.csv``.
+
+A space with several ``objectives`` makes a multi-objective study (``directions=[...]``): trials are told a
+list of values (a trial missing one is failed, its reason in the user attribute ``fail_reason``) and nothing
+is pruned, as Optuna's ``trial.report`` is single-objective.
 
 In both modes a trial that raises is recorded as failed and the campaign goes on; ``retry`` re-enqueues
 failed trials' parameters (``study.enqueue_trial``) so the next ask runs them again.
@@ -23,7 +28,9 @@ resumes from its checkpoint.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import logging
 import math
 import os
 import shutil
@@ -43,6 +50,14 @@ JOURNAL_NAME = "study.journal"
 SPACE_NAME = "space.yaml"
 #: trial user attribute: the folder (under the sweep dir) the trial trains in; retries inherit it
 TRIAL_DIR_ATTR = "trial_dir"
+#: trial user attribute: why a trial was told FAIL although its training finished (a missing objective)
+FAIL_REASON_ATTR = "fail_reason"
+#: what the training writes in its run directory: the validation log (one row per validation, a ``step``
+#: column and one per metric) and its return value (``timing``: ``showers_per_s``, ``train_seconds``, ...)
+VAL_CSV = "val.csv"
+FIT_RESULT = "fit_result.json"  # hepgan.train.loop.FIT_RESULT (not imported: that module imports JAX)
+
+_log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -154,7 +169,7 @@ def load_study(space: SearchSpace, storage: Any, *, seed_offset: int = 0, seed: 
     study = optuna.create_study(
         study_name=space.name,
         storage=storage,
-        direction=space.direction,  # type: ignore[arg-type]  # checked by parse_space
+        directions=list(space.directions),  # type: ignore[arg-type]  # checked by parse_space
         sampler=space.make_sampler(seed_offset, seed=seed),
         pruner=space.make_pruner(),
         load_if_exists=True,
@@ -183,11 +198,75 @@ def optuna_reporter(trial: Any, objective: str) -> Reporter:
     return report
 
 
-def tell_result(study: Any, trial: Any, result: Mapping[str, Any]) -> str:
-    """Tell ``study`` the outcome in a result record; returns the Optuna state name told."""
+def run_metrics(result: Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The metrics of a result record, completed by the training's own summary in its run directory.
+
+    ``result["metrics"]`` first (for the flat result.json of a ``hepgan-train`` run: its numeric entries);
+    then the numeric entries of ``timing`` in ``<run_dir>/fit_result.json`` that ``hepgan.train.fit`` writes
+    (``showers_per_s``: training throughput, ``train_seconds``, ...) where the metrics lack them.
+    ``run_dir`` defaults to the record's ``run_dir``.
+    """
+    metrics = result.get("metrics")
+    if isinstance(metrics, Mapping):
+        out = dict(metrics)
+    else:
+        out = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    where = run_dir if run_dir is not None else result.get("run_dir")
+    fit = read_json(Path(where) / FIT_RESULT) if where else None
+    timing = fit.get("timing") if fit else None
+    if isinstance(timing, Mapping):
+        for k, v in timing.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out.setdefault(str(k), v)
+    return out
+
+
+def objective_values(
+    result: Mapping[str, Any], objectives: Sequence[str], run_dir: str | os.PathLike | None = None
+) -> tuple[list[float] | None, str | None]:
+    """The finite values of ``objectives`` in a result record (see :func:`run_metrics`), or None with the
+    reason (which objective is missing or not finite, and the metrics there are)."""
+    metrics = run_metrics(result, run_dir)
+    values = []
+    for name in objectives:
+        try:
+            v = float(metrics[name])
+        except (KeyError, TypeError, ValueError):
+            v = math.nan
+        if not math.isfinite(v):
+            have = sorted(k for k in metrics if k not in objectives)
+            return None, f"objective {name!r} missing or not finite ({metrics.get(name)!r}); metrics: {have}"
+        values.append(v)
+    return values, None
+
+
+def tell_result(
+    study: Any,
+    trial: Any,
+    result: Mapping[str, Any],
+    objectives: Sequence[str] | None = None,
+    run_dir: str | os.PathLike | None = None,
+) -> str:
+    """Tell ``study`` the outcome in a result record; returns the Optuna state name told.
+
+    ``objectives`` (several: a multi-objective study): the metrics told, in the study's order, from the
+    record's metrics (see :func:`objective_values`); a finished trial missing one is told FAIL with the
+    reason logged and kept in the user attribute ``fail_reason``. Without, the record's
+    ``objective_value`` is told.
+    """
     from optuna.trial import TrialState
 
     status = result.get("status")
+    if status == "ok" and objectives is not None and len(objectives) > 1:
+        values, reason = objective_values(result, objectives, run_dir)
+        if values is not None:
+            study.tell(trial, values)
+            return "COMPLETE"
+        number = trial if isinstance(trial, int) else trial.number
+        _log.warning("trial %s told FAIL: %s", number, reason)
+        study._storage.set_trial_user_attr(_trial_id(study, trial), FAIL_REASON_ATTR, reason)
+        study.tell(trial, state=TrialState.FAIL)
+        return "FAIL"
     if status == "ok" and result.get("objective_value") is not None:
         study.tell(trial, float(result["objective_value"]))
         return "COMPLETE"
@@ -196,6 +275,49 @@ def tell_result(study: Any, trial: Any, result: Mapping[str, Any]) -> str:
         return "PRUNED"
     study.tell(trial, state=TrialState.FAIL)
     return "FAIL"
+
+
+def _trial_id(study: Any, trial: Any) -> int:
+    if not isinstance(trial, int):
+        return int(trial._trial_id)
+    return int(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial))
+
+
+def learning_curve(run_dir: str | os.PathLike, metric: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``metric`` at every validation of the run in ``run_dir``, from its ``val.csv``
+    (what the training also passes to ``report(step, metrics)``), else from the ``history`` in its
+    ``fit_result.json``; the first row of a step wins (as Optuna keeps the first report), non-finite
+    values are left out. Empty when neither file has the metric."""
+    rows: list[Mapping[str, Any]] = []
+    path = Path(run_dir) / VAL_CSV
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        fit = read_json(Path(run_dir) / FIT_RESULT) or {}
+        history = fit.get("history")
+        rows = [h for h in history if isinstance(h, Mapping)] if isinstance(history, list) else []
+    curve: dict[int, float] = {}
+    for row in rows:
+        try:
+            step, value = int(float(row["step"])), float(row[metric])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(value) and step not in curve:
+            curve[step] = value
+    return sorted(curve.items())
+
+
+def record_learning_curve(study: Any, trial: Any, curve: Iterable[tuple[int, float]]) -> int:
+    """Record ``curve`` as the intermediate values of a RUNNING ``trial`` (number or trial) of ``study``,
+    as the training's ``report`` would have; returns the number of values recorded. Recording again
+    writes the same values (idempotent)."""
+    tid = _trial_id(study, trial)
+    n = 0
+    for step, value in curve:
+        study._storage.set_trial_intermediate_value(tid, int(step), float(value))
+        n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,7 +337,13 @@ def _study_dir_space(study_dir: Path, space_path: str | os.PathLike | None) -> S
     space = load_space(space_path)
     if stored.exists():
         old = load_space(stored)
-        if old.name != space.name or old.distributions != space.distributions:
+        same = (old.name, old.distributions, old.objectives, old.directions) == (
+            space.name,
+            space.distributions,
+            space.objectives,
+            space.directions,
+        )
+        if not same:
             raise ValueError(
                 f"study dir {str(study_dir)!r} holds study {old.name!r} with another search space than "
                 f"{str(space_path)!r}; use a new study dir (or the same space)"
@@ -269,9 +397,19 @@ def find_results(dirs: Iterable[str | os.PathLike]) -> list[tuple[Path, dict[str
 
 
 def tell_results(
-    study_dir: str | os.PathLike, result_dirs: Sequence[str | os.PathLike], *, fail_missing: bool = False
+    study_dir: str | os.PathLike,
+    result_dirs: Sequence[str | os.PathLike],
+    *,
+    fail_missing: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Feed the result.json files under ``result_dirs`` back into the study of ``study_dir``.
+
+    Before a trial's final state, its learning curve (the objective at each validation's training step,
+    from the run's ``val.csv``, :func:`learning_curve`) is recorded as its intermediate values, as a
+    worker's ``report`` does; not for a multi-objective study (Optuna keeps no intermediate values
+    there). ``log`` receives a line per trial told FAIL although its training finished (a missing
+    objective).
 
     Idempotent: trials already finished are left alone. A ``preempted`` result leaves its trial RUNNING:
     its entry is run again (the array task is requeued) and told then. ``fail_missing`` marks trials still
@@ -286,7 +424,7 @@ def tell_results(
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "preempted": 0, "already": 0, "other_study": 0}
     seen = set()
-    for _, res in find_results(result_dirs):
+    for run_dir_found, res in find_results(result_dirs):
         meta = res.get("meta") or {}
         if meta.get("optuna_study") != space.name or "optuna_trial" not in meta:
             counts["other_study"] += 1
@@ -300,7 +438,14 @@ def tell_results(
             counts["preempted"] += 1
             continue
         seen.add(number)
-        counts[tell_result(study, number, res)] += 1
+        run_dir = run_dir_found  # where result.json is now (the folder may have moved since the run)
+        if not space.multi_objective:
+            record_learning_curve(study, number, learning_curve(run_dir, space.objective))
+        state = tell_result(study, number, res, space.objectives, run_dir)
+        counts[state] += 1
+        if state == "FAIL" and res.get("status") == "ok" and log is not None:
+            _, reason = objective_values(res, space.objectives, run_dir)
+            log(f"trial {number}: FAIL ({reason}; {run_dir})")
     if fail_missing:
         for number, trial in by_number.items():
             if trial.state == TrialState.RUNNING and number not in seen:
@@ -486,7 +631,8 @@ def run_worker(
                     space.overrides(trial.params),
                     rd,
                     settings,
-                    report=optuna_reporter(trial, space.objective),
+                    # Optuna prunes (and keeps learning curves of) single-objective studies only
+                    report=None if space.multi_objective else optuna_reporter(trial, space.objective),
                     meta=meta,
                 )
             except ValueError as exc:
@@ -499,7 +645,7 @@ def run_worker(
                 _requeue_preempted(study, trial)
                 state = "FAIL (pre-empted; its parameters are queued again)"
             else:
-                state = tell_result(study, trial, res)
+                state = tell_result(study, trial, res, space.objectives, rd)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             now = next(t.state for t in study.get_trials(deepcopy=False) if t.number == trial.number)
             if now == TrialState.RUNNING:
@@ -508,7 +654,13 @@ def run_worker(
             # again; that retry finds this run's result.json or checkpoints in the same folder
             state = f"already {now.name} (failed as stale by another worker; its retry reuses {rd})"
         if log is not None:
-            log(f"trial {trial.number}: {state} {space.objective}={res.get('objective_value')} ({rd})")
+            values, reason = objective_values(res, space.objectives, rd)
+            shown = ", ".join(
+                f"{k}={v:.6g}" if values is not None else f"{k}=None"
+                for k, v in zip(space.objectives, values or [math.nan] * len(space.objectives), strict=True)
+            )
+            why = f" ({reason})" if state == "FAIL" and res["status"] == "ok" and reason else ""
+            log(f"trial {trial.number}: {state} {shown}{why} ({rd})")
         results.append(res)
         return res
 
