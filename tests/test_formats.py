@@ -73,6 +73,9 @@ def test_fixed25_layout_matches_the_public_files(tmp_path: Path) -> None:
         assert f["target"].shape == (6, 2) and f["target"].dtype == np.float32
         np.testing.assert_array_equal(f["target"][:, 1], s.energy)
         np.testing.assert_array_equal(f["target"][:, 0], np.full(6, 11.0))  # electrons by default
+        assert f["ECAL"].compression == "gzip" and f["ECAL"].compression_opts == 1  # the default storage
+    path = F.write_file(tmp_path / "plain.h5", s, "fixed25", compression=None)
+    with h5py.File(path, "r") as f:
         assert f["ECAL"].chunks is None and f["ECAL"].compression is None  # contiguous, uncompressed
 
 
@@ -386,7 +389,7 @@ def test_cli_info_validate_convert(tmp_path: Path, capsys: pytest.CaptureFixture
     assert data_main(["info", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["file", "format", "events"]
-    total = out[-1].split()
+    total = next(line for line in out if line.startswith("total")).split()
     assert total[:4] == ["total", "(3", "files)", "angle"] and total[4] == "12"
     sf = float(np.mean(s.ecal.reshape(12, -1).sum(1, dtype=np.float64) / s.energy))
     assert float(total[-1]) == pytest.approx(sf, abs=1e-5)

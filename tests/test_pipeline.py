@@ -408,7 +408,7 @@ def test_file_source_every_layout_and_storage_matches_read_file(tmp_path) -> Non
     import h5py
 
     a, b = _small_angle(6, 1), _small_angle(5, 2)
-    formats.write_file(tmp_path / "plain.h5", a, "angle")
+    formats.write_file(tmp_path / "plain.h5", a, "angle", compression=None)
     formats.write_file(tmp_path / "packed.h5", b, "angle", compression="lzf")
     with h5py.File(tmp_path / "mtheta.h5", "w") as f:  # the public AngleGAN files may carry mtheta only
         f["ECAL"], f["energy"], f["mtheta"] = a.ecal[:4], a.energy[:4], a.theta[:4]

@@ -8,8 +8,8 @@ What runs, in one process:
 
 1. baseline: the simulator makes ``n_sim`` fixed25 showers with ``workers=2`` (showers/s, best of two
    runs, worker start-up included);
-2. those showers, repeated, are written as uncompressed fixed25 files of ``events_per_file`` events
-   (``formats.write_files`` defaults) into a temporary directory (file contents do not change reading
+2. those showers, repeated, are written as fixed25 files of ``events_per_file`` events
+   (uncompressed, ``compression=None``) into a temporary directory (file contents do not change reading
    speed; repeating them saves simulator time);
 3. a :class:`~hepgan.data.pipeline.Pipeline` over a :class:`~hepgan.data.source.FileSource` of that
    directory iterates full epochs: global batch 128, shuffled (random access across the files), fixed25
@@ -85,7 +85,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         plain, packed = Path(tmp) / "plain", Path(tmp) / "lzf"
         t0 = time.perf_counter()
         paths = formats.write_files(
-            _repeat(showers, n_events), plain, fmt="fixed25", events_per_file=per_file
+            _repeat(showers, n_events), plain, fmt="fixed25", events_per_file=per_file, compression=None
         )
         write_s = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in paths)

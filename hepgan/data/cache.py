@@ -271,8 +271,14 @@ def ensure(
                 workers=workers,
                 progress=progress,
             )
+            # uncompressed: the pipeline reads cache files by positional reads (docs/data.md, "Storage")
             paths = formats.write_files(
-                chunks, tmp, fmt=spec.file_format, events_per_file=events_per_file, prefix="showers"
+                chunks,
+                tmp,
+                fmt=spec.file_format,
+                events_per_file=events_per_file,
+                prefix="showers",
+                compression=None,
             )
             meta = {
                 "key": spec.key(),

@@ -16,8 +16,9 @@ each one module holding a :class:`~hepgan.data.formats.base.Format` object:
 
 The package: :mod:`.base` (the ``Format`` interface, ``ShowerFileError``, constants), one module per
 format, :mod:`.core` (the registry ``REGISTRY``, opening and checking files, the readers
-``ShowerFile`` and ``RowReader``, ``read_file``, ``iter_showers``, ``scan``) and :mod:`.write` (the
-writers). Adding a format means one module with a ``Format`` subclass and one entry in ``REGISTRY``.
+``ShowerFile`` and ``RowReader``, ``read_file``, ``iter_showers``, ``scan``), :mod:`.write` (the
+writers and their storage options) and :mod:`.provenance` (what wrote a file). Adding a format means
+one module with a ``Format`` subclass and one entry in ``REGISTRY``.
 
 Reading can apply a cell threshold, as the original 3DGAN readers do: cells below it are set to 0.
 ``threshold=None`` takes the format's default (``DEFAULT_CELL_THRESHOLD``: 1e-6 GeV for ``fixed25``,
@@ -31,11 +32,13 @@ negative values (a cheap per-event min and sum); any problem is a ``ShowerFileEr
 the key, the event range and what was expected. ``RowReader`` is the training path: scattered rows,
 conditions held in memory, cells of uncompressed 3DGAN files by positional reads.
 
-Written files are uncompressed and contiguous by default, because reading speed is what training
-needs: from the page cache an uncompressed directory reads about 7x faster than an lzf one (measured
-in ``docs/data.md``), and a contiguous dataset serves any event range as one hyperslab without a chunk
-index. Showers are sparse, so ``compression="lzf"`` (or ``"gzip"``) shrinks files about 20x: use it for
-archives or when the file system, not the CPU, is the bottleneck.
+Storage: the command-line writers (``hepgan-simulate``, ``hepgan-generate``, ``hepgan-data convert``)
+compress by default (:data:`DEFAULT_COMPRESSION`, ``--compression none|lzf|gzip|gzip:LEVEL``; chosen in
+``docs/data.md``, "Storage", from ``hepgan-bench hdf5_compression``). The library writers take
+``compression=`` (a string or a :class:`Storage`) and default to contiguous, uncompressed datasets: the
+layout the on-disk cache of simulated sets uses, whose rows training reads by positional reads. Every
+written file records its provenance in a few root attributes (:mod:`.provenance`:
+:func:`provenance_attrs`, :func:`file_provenance`); readers need none of them.
 """
 
 from __future__ import annotations
@@ -67,10 +70,24 @@ from hepgan.data.formats.core import (
     scan,
     shower_files_in,
 )
-from hepgan.data.formats.write import OutputExistsError, write_file, write_files, write_folder
+from hepgan.data.formats.provenance import file_provenance, provenance_attrs
+from hepgan.data.formats.write import (
+    COMPRESSION_HELP,
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    OutputExistsError,
+    Storage,
+    compression_arg,
+    write_file,
+    write_files,
+    write_folder,
+)
 
 __all__ = [
+    "COMPRESSIONS",
+    "COMPRESSION_HELP",
     "DEFAULT_CELL_THRESHOLD",
+    "DEFAULT_COMPRESSION",
     "DEFAULT_GRID",
     "DEFAULT_PDG_ID",
     "DEFAULT_VOXEL_ORDER",
@@ -84,13 +101,17 @@ __all__ = [
     "RowReader",
     "ShowerFile",
     "ShowerFileError",
+    "Storage",
     "apply_cell_threshold",
     "cell_threshold",
+    "compression_arg",
     "detect_format",
     "expand_paths",
+    "file_provenance",
     "get_format",
     "grid_of",
     "iter_showers",
+    "provenance_attrs",
     "read_file",
     "scan",
     "shower_files_in",

@@ -445,9 +445,10 @@ class RowReader:
     more than the bytes they move. So the per-event conditions (primary energy, angle: a few bytes per
     event) are read once on opening, checked and kept, and when the format's cell dataset holds the
     cells as they are read (:attr:`Format.direct_cells`: the 3DGAN ``ECAL``) and is stored contiguously,
-    unfiltered, in floats (what the writers write by default), its rows are read with positional reads
-    (``preadv``, one per run of consecutive rows) straight into the answer (``direct``). Otherwise the
-    rows are read through the format (:meth:`Format.read_cells`, one hyperslab or point selection).
+    unfiltered, in floats (the library writers' default, and the simulated-data cache), its rows are
+    read with positional reads (``preadv``, one per run of consecutive rows) straight into the answer
+    (``direct``). Otherwise (compressed files: the command-line writers' default) the rows are read
+    through the format (:meth:`Format.read_cells`, one hyperslab or point selection).
     Positional reads rather than a memory map: the bytes then stay in the OS page cache, outside the
     process, whose resident memory stays at the batches in flight however much of the file an epoch
     touches (batch schedulers count mapped pages as the job's memory). Every event's cells are checked
