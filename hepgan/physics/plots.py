@@ -1,36 +1,83 @@
-"""Validation figures as the 3DGAN papers show them (matplotlib, headless).
+"""Validation figures in HEP style (matplotlib with mplhep, headless).
 
-Each function takes the generated and reference :class:`ObservableSet` and returns a ``Figure``; the
-reference (simulation) is drawn as a filled histogram or black line, the generated set in colour, and
-per-bin ratios generated/reference sit in a panel below where the papers have one.
+Each figure function takes the generated and reference :class:`ObservableSet` and returns a ``Figure``.
+The same conventions hold in every figure:
+
+- reference (simulation): black step histogram (or line), its statistical uncertainty a grey band;
+- generated: red points with statistical error bars;
+- uncertainties: histograms Poisson, ``sqrt(n)`` per bin, scaled like the contents when normalised (the
+  uncertainty of the normalisation itself neglected); means (shower profiles, means per energy or angle
+  bin) the standard error of the mean, ``std / sqrt(n)`` over the events of the bin (sample standard
+  deviation, ``ddof=1``), computed from the per-event values;
+- ratio panel under each main panel: generated / reference, the uncertainties of both propagated in
+  quadrature, ``r sqrt((s_g / g)^2 + (s_r / r)^2)``. A ratio outside the displayed range
+  (:data:`RATIO_RANGE`, or the ``ratio_range`` argument) is drawn as an open triangle at the panel's
+  edge pointing up or down, never dropped; a bin whose reference is empty has no ratio and is left blank;
+- style: mplhep's ROOT style (neutral: no experiment label) at report sizes, applied only while a
+  figure is built (``plt.style.context``), so global matplotlib settings stay as they were.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; never open a window
 
 import matplotlib.pyplot as plt
+import mplhep
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.gridspec import SubplotSpec
+from matplotlib.ticker import MaxNLocator
 
 from hepgan.physics import binning, distances
 from hepgan.physics.extract import ObservableSet
 from hepgan.physics.observables import SCALAR_NAMES, SPARSITY_THRESHOLDS, spectrum_edges
 
-REF_STYLE = {"color": "black", "label": "reference"}
-GEN_STYLE = {"color": "tab:red", "label": "generated"}
+REF_COLOR = "black"
+GEN_COLOR = "tab:red"
+REF_STYLE: dict[str, Any] = {"color": REF_COLOR, "label": "reference"}
+GEN_STYLE: dict[str, Any] = {"color": GEN_COLOR, "label": "generated"}
+
+RATIO_RANGE: tuple[float, float] = (0.5, 1.5)
+"""Displayed range of the generated / reference ratio panels (ratios outside it are drawn as arrows)."""
+
+ARROW_INSET = 0.06
+"""Out-of-range ratio markers sit this fraction of the panel height inside its top or bottom edge, so
+that the whole triangle is visible."""
+
+STYLE: dict[str, Any] = {
+    **{k: v for k, v in mplhep.style.ROOT.items() if not k.startswith("mathtext.")},
+    # math text (log-axis tick labels) is laid out when the figure is saved, outside the style context:
+    # a built-in font set renders the same there, where ROOT's "custom" set would read the caller's fonts
+    "mathtext.fontset": "stixsans",
+    # ROOT's 26 pt and 12 pt ticks suit one 10 x 10 inch panel; the report's figures hold up to 20 panels
+    "font.size": 10,
+    "axes.linewidth": 1.0,
+    "xtick.major.size": 5,
+    "xtick.minor.size": 2.5,
+    "ytick.major.size": 5,
+    "ytick.minor.size": 2.5,
+    "xtick.major.pad": 3,
+    "legend.fontsize": "small",
+}
+STYLE.pop("figure.figsize", None)  # each figure sets its own size
+"""rcParams every figure of this module is built under (mplhep's ROOT style at report sizes)."""
 
 LABELS = {
     "e_vis": "visible energy [GeV]",
     "sf": "sampling fraction",
     "x_mean": "x barycentre [cell]",
-    "x_var": "x second moment [cell$^2$]",
+    "x_var": "x second moment [cell²]",
     "y_mean": "y barycentre [cell]",
-    "y_var": "y second moment [cell$^2$]",
+    "y_var": "y second moment [cell²]",
     "z_mean": "z barycentre [layer]",
-    "z_var": "z second moment [layer$^2$]",
+    "z_var": "z second moment [layer²]",
     "hits": "hits above threshold",
     "frac_first": "energy fraction, first third",
     "frac_middle": "energy fraction, middle third",
@@ -41,6 +88,138 @@ LABELS = {
     "shower_max": "shower maximum [layer]",
     "angle": "measured angle [deg]",
 }
+
+_P = ParamSpec("_P")
+
+
+def _hep_style(fn: Callable[_P, Figure]) -> Callable[_P, Figure]:
+    """Build the figure under :data:`STYLE`; the previous rcParams are restored afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Figure:
+        with plt.style.context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# ---- statistics ---------------------------------------------------------------------------------------
+
+
+def histogram(
+    values: np.ndarray, edges: np.ndarray, *, density: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of ``values: [N]`` over ``edges: [K + 1]`` (entries outside folded into the edge bins)
+    and its Poisson uncertainty, both ``[K]``: counts and ``sqrt(counts)``, or with ``density`` both
+    divided by ``N * bin width`` (unit area; the normalisation's own uncertainty neglected)."""
+    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+    counts = counts.astype(np.float64)
+    err = np.sqrt(counts)
+    if density:
+        scale = 1.0 / (max(counts.sum(), 1.0) * np.diff(edges))
+        return counts * scale, err * scale
+    return counts, err
+
+
+def mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over events of ``values: [N, ...]`` and its standard error ``std(ddof=1) / sqrt(N)`` (both
+    ``[...]``, in the unit of ``values``; the error is 0 for one event and NaN for none)."""
+    n = values.shape[0]
+    if n == 0:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan
+    mean = values.mean(0)
+    if n == 1:
+        return mean, np.zeros_like(mean)
+    return mean, values.std(0, ddof=1) / np.sqrt(n)
+
+
+def binned_mean(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``y: [N]`` in the bins of ``x: [N]`` given by ``edges: [K + 1]`` and its standard error
+    (:func:`mean_sem`), both ``[K]`` in the unit of ``y``; NaN for an empty bin."""
+    idx = np.digitize(x, edges) - 1
+    out = [mean_sem(y[idx == k]) for k in range(len(edges) - 1)]
+    return np.array([m for m, _ in out], np.float64), np.array([e for _, e in out], np.float64)
+
+
+def ratio(
+    gen: np.ndarray, gen_err: np.ndarray, ref: np.ndarray, ref_err: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ratio ``gen / ref`` per bin and its uncertainty ``sqrt(gen_err^2 + (r ref_err)^2) / ref``
+    (uncorrelated sets; equal to ``r sqrt((s_g/g)^2 + (s_r/r)^2)`` and finite for ``gen = 0``); all
+    ``[K]``, unit-free; NaN where the reference is not positive."""
+    ok = np.isfinite(ref) & (ref > 0) & np.isfinite(gen)
+    den = np.where(ok, ref, 1.0)
+    r = np.where(ok, gen / den, np.nan)
+    err = np.where(ok, np.sqrt(gen_err**2 + (np.where(ok, r, 0.0) * ref_err) ** 2) / den, np.nan)
+    return r, err
+
+
+# ---- drawing ----------------------------------------------------------------------------------------
+
+
+def _main_and_ratio(fig: Figure, spec: SubplotSpec) -> tuple[Axes, Axes]:
+    """A main panel and, below it sharing its x axis, a ratio panel a third of its height."""
+    sub = spec.subgridspec(2, 1, height_ratios=(3, 1), hspace=0.0)
+    a = fig.add_subplot(sub[0])
+    r = fig.add_subplot(sub[1], sharex=a)
+    a.tick_params(labelbottom=False)
+    return a, r
+
+
+def _draw_hist(
+    ax: Axes,
+    edges: np.ndarray,
+    ref: np.ndarray,
+    ref_err: np.ndarray,
+    gen: np.ndarray,
+    gen_err: np.ndarray,
+    x: np.ndarray,
+    *,
+    means: bool = False,
+) -> None:
+    """Reference as a step histogram with its uncertainty band, generated as points at ``x``.
+    ``means=True`` (means per bin): no drop to zero at the outer edges, and the y range follows
+    the values instead of including 0."""
+    mplhep.histplot(ref, edges, histtype="step", ax=ax, flow="none", edges=not means, **REF_STYLE)
+    mplhep.histplot(ref, edges, yerr=ref_err, histtype="band", ax=ax, flow="none", facecolor="0.75",
+                    edgecolor="none", hatch=None, alpha=0.6)  # fmt: skip
+    ax.errorbar(x, gen, gen_err, fmt="o", ms=3, elinewidth=1, **GEN_STYLE)
+
+
+def _draw_ratio(
+    r: Axes,
+    x: np.ndarray,
+    gen: np.ndarray,
+    gen_err: np.ndarray,
+    ref: np.ndarray,
+    ref_err: np.ndarray,
+    ratio_range: tuple[float, float],
+    xlabel: str,
+) -> None:
+    """Ratio points with error bars; out-of-range ratios as triangles at the edge; no point where the
+    reference is empty."""
+    lo, hi = ratio_range
+    rat, err = ratio(gen, gen_err, ref, ref_err)
+    ok = np.isfinite(rat)
+    inside = ok & (rat >= lo) & (rat <= hi)
+    r.axhline(1.0, color="grey", lw=0.8, ls="--")
+    r.errorbar(x[inside], rat[inside], err[inside], fmt="o", ms=3, elinewidth=1, color=GEN_COLOR)
+    pad = ARROW_INSET * (hi - lo)
+    for mask, y, marker in ((ok & (rat > hi), hi - pad, "^"), (ok & (rat < lo), lo + pad, "v")):
+        if mask.any():
+            r.plot(x[mask], np.full(int(mask.sum()), y), ls="none", marker=marker, ms=5, mfc="none",
+                   color=GEN_COLOR)  # fmt: skip
+    r.set_ylim(lo, hi)
+    r.set_ylabel("gen / ref")
+    r.set_xlabel(xlabel)
+
+
+def _edges_centres(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(n + 1) - 0.5, np.arange(n, dtype=np.float64)
+
+
+# ---- figures ----------------------------------------------------------------------------------------
 
 
 def _energy_bins(ref: ObservableSet, gen: ObservableSet) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -53,73 +232,68 @@ def _energy_bins(ref: ObservableSet, gen: ObservableSet) -> list[tuple[str, np.n
     return out
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-def profiles_figure(gen: ObservableSet, ref: ObservableSet, axis: str) -> Figure:
-    """Mean energy profile along ``axis`` (``"x"``, ``"y"`` or ``"z"``) per energy bin, with ratio panels."""
+@_hep_style
+def profiles_figure(
+    gen: ObservableSet, ref: ObservableSet, axis: str, *, ratio_range: tuple[float, float] = RATIO_RANGE
+) -> Figure:
+    """Mean energy profile (GeV per cell or layer) along ``axis`` (``"x"``, ``"y"`` or ``"z"``) per energy
+    bin, with its standard error from the per-event profiles ``[N, X|Y|Z]``, and ratio panels."""
     bins = _energy_bins(ref, gen)
     pg, pr = getattr(gen, f"profile_{axis}"), getattr(ref, f"profile_{axis}")
-    fig, axes = plt.subplots(
-        2, len(bins), figsize=(3.2 * len(bins), 4.2), sharex=True, squeeze=False,
-        gridspec_kw={"height_ratios": [3, 1]},
-    )  # fmt: skip
-    idx = np.arange(pr.shape[1])
+    edges, idx = _edges_centres(pr.shape[1])
+    fig = plt.figure(figsize=(3.2 * len(bins), 4.4), layout="constrained")
+    outer = fig.add_gridspec(1, len(bins))
+    xlabel = f"{axis} [{'layer' if axis == 'z' else 'cell'}]"
     for j, (label, mg, mr) in enumerate(bins):
-        a, r = axes[0, j], axes[1, j]
-        mean_r, mean_g = pr[mr].mean(0), pg[mg].mean(0)
-        a.step(idx, mean_r, where="mid", **REF_STYLE)
-        a.step(idx, mean_g, where="mid", **GEN_STYLE)
+        a, r = _main_and_ratio(fig, outer[0, j])
+        mean_r, err_r = mean_sem(pr[mr])
+        mean_g, err_g = mean_sem(pg[mg])
+        _draw_hist(a, edges, mean_r, err_r, mean_g, err_g, idx, means=True)
         a.set_yscale("log")
         a.set_title(label, fontsize=9)
-        r.plot(idx, _ratio(mean_g, mean_r), ".", color=GEN_STYLE["color"])
-        r.axhline(1.0, color="grey", lw=0.8)
-        r.set_ylim(0.5, 1.5)
-        r.set_xlabel(f"{axis} [{'layer' if axis == 'z' else 'cell'}]")
-    axes[0, 0].set_ylabel("mean energy [GeV]")
-    axes[1, 0].set_ylabel("gen / ref")
-    axes[0, 0].legend(fontsize=8)
+        _draw_ratio(r, idx, mean_g, err_g, mean_r, err_r, ratio_range, xlabel)
+        if j == 0:
+            a.set_ylabel("mean energy [GeV]")
+            a.legend()
+        else:
+            r.set_ylabel("")
     fig.suptitle(f"{'longitudinal' if axis == 'z' else 'transverse ' + axis} profile")
-    fig.tight_layout()
     return fig
 
 
+@_hep_style
 def distributions_figure(
-    gen: ObservableSet, ref: ObservableSet, names: tuple[str, ...] = SCALAR_NAMES
+    gen: ObservableSet,
+    ref: ObservableSet,
+    names: tuple[str, ...] = SCALAR_NAMES,
+    *,
+    ratio_range: tuple[float, float] = RATIO_RANGE,
 ) -> Figure:
-    """Histograms of every per-event observable (all conditions pooled), with separation power."""
+    """Unit-area histograms of every per-event observable ``scalars[name]: [N]`` (all conditions pooled;
+    angles in degrees) with Poisson errors, ratio panels and the separation power in each title."""
     cols = 4
     rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
+    fig = plt.figure(figsize=(3.4 * cols, 3.3 * rows), layout="constrained")
+    outer = fig.add_gridspec(rows, cols)
+    for k, name in enumerate(names):
+        a, r = _main_and_ratio(fig, outer[k // cols, k % cols])
         scale = 180.0 / np.pi if name == "angle" else 1.0
         vr, vg = ref.scalars[name] * scale, gen.scalars[name] * scale
         edges = distances.histogram_edges(vr, 30)
-        ax.hist(np.clip(vr, edges[0], edges[-1]), bins=edges, histtype="stepfilled", alpha=0.3, density=True,
-                **REF_STYLE)  # fmt: skip
-        ax.hist(np.clip(vg, edges[0], edges[-1]), bins=edges, histtype="step", density=True, **GEN_STYLE)
-        ax.set_xlabel(LABELS.get(name, name), fontsize=8)
-        ax.set_title(f"S = {distances.separation_power(vg, vr, edges):.3f}", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
+        hr, er = histogram(vr, edges)
+        hg, eg = histogram(vg, edges)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        _draw_hist(a, edges, hr, er, hg, eg, centres)
+        a.set_title(f"S = {distances.separation_power(vg, vr, edges):.3f}", fontsize=8)
+        a.tick_params(labelsize=7)
+        r.tick_params(labelsize=7)
+        _draw_ratio(r, centres, hg, eg, hr, er, ratio_range, LABELS.get(name, name))
+        r.xaxis.set_major_locator(MaxNLocator(5))  # long tick labels (11.925, ...) would touch
+        r.xaxis.label.set_fontsize(8)
+        r.yaxis.label.set_fontsize(7)
+        if k == 0:
+            a.legend(fontsize=7)
     return fig
-
-
-def _binned_mean(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.digitize(x, edges) - 1
-    mean = np.full(len(edges) - 1, np.nan)
-    err = np.full(len(edges) - 1, np.nan)
-    for k in range(len(edges) - 1):
-        v = y[idx == k]
-        if v.size:
-            mean[k] = v.mean()
-            err[k] = v.std() / np.sqrt(v.size)
-    return mean, err
 
 
 def energy_edges(energy: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, bool]:
@@ -141,64 +315,72 @@ def energy_edges(energy: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, bool
     return np.linspace(lo, top, n_bins + 1), False
 
 
-def versus_energy_figure(gen: ObservableSet, ref: ObservableSet, name: str) -> Figure:
-    """Mean of observable ``name`` versus primary energy (e.g. the sampling fraction), with ratio panel;
-    logarithmic energy bins for log-uniform energies (:func:`energy_edges`)."""
+@_hep_style
+def versus_energy_figure(
+    gen: ObservableSet, ref: ObservableSet, name: str, *, ratio_range: tuple[float, float] = RATIO_RANGE
+) -> Figure:
+    """Mean of observable ``name`` (``scalars[name]: [N]``) versus primary energy (GeV), e.g. the
+    sampling fraction, with standard errors and ratio panel; logarithmic energy bins for log-uniform
+    energies (:func:`energy_edges`), points at the geometric bin centres then."""
     edges, log = energy_edges(ref.energy)
     centres = np.sqrt(edges[1:] * edges[:-1]) if log else 0.5 * (edges[1:] + edges[:-1])
-    mr, er = _binned_mean(ref.energy, ref.scalars[name], edges)
-    mg, eg = _binned_mean(gen.energy, gen.scalars[name], edges)
-    fig, (a, r) = plt.subplots(2, 1, figsize=(5.5, 4.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    a.errorbar(centres, mr, er, fmt="o-", ms=3, **REF_STYLE)
-    a.errorbar(centres, mg, eg, fmt="s--", ms=3, **GEN_STYLE)
+    mr, er = binned_mean(ref.energy, ref.scalars[name], edges)
+    mg, eg = binned_mean(gen.energy, gen.scalars[name], edges)
+    fig = plt.figure(figsize=(5.5, 4.8), layout="constrained")
+    a, r = _main_and_ratio(fig, fig.add_gridspec(1, 1)[0, 0])
+    _draw_hist(a, edges, mr, er, mg, eg, centres, means=True)
     a.set_ylabel(LABELS.get(name, name))
-    a.legend(fontsize=8)
-    r.plot(centres, _ratio(mg, mr), "o", color=GEN_STYLE["color"])
-    r.axhline(1.0, color="grey", lw=0.8)
-    r.set_xlabel("primary energy [GeV]")
-    r.set_ylabel("gen / ref")
+    a.legend()
+    _draw_ratio(r, centres, mg, eg, mr, er, ratio_range, "primary energy [GeV]")
     if log:
         r.set_xscale("log")
-    fig.tight_layout()
     return fig
 
 
-def angle_figure(gen: ObservableSet, ref: ObservableSet) -> Figure:
-    """Measured angle: its distribution and, where the data carry the true angle, its mean versus it."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+@_hep_style
+def angle_figure(
+    gen: ObservableSet, ref: ObservableSet, *, ratio_range: tuple[float, float] = RATIO_RANGE
+) -> Figure:
+    """Measured angle (deg): its unit-area distribution and, where the data carry the true angle
+    ``theta: [N] rad``, its mean versus the true angle; both with ratio panels."""
+    with_theta = ref.theta is not None and gen.theta is not None and np.ptp(ref.theta) > 1e-3
+    fig = plt.figure(figsize=(10 if with_theta else 5.5, 4.6), layout="constrained")
+    outer = fig.add_gridspec(1, 2 if with_theta else 1)
     deg = 180.0 / np.pi
     vr, vg = ref.scalars["angle"] * deg, gen.scalars["angle"] * deg
     edges = distances.histogram_edges(vr, 40)
-    axes[0].hist(np.clip(vr, edges[0], edges[-1]), bins=edges, histtype="stepfilled", alpha=0.3, density=True,
-                 **REF_STYLE)  # fmt: skip
-    axes[0].hist(np.clip(vg, edges[0], edges[-1]), bins=edges, histtype="step", density=True, **GEN_STYLE)
-    axes[0].set_xlabel("measured angle [deg]")
-    axes[0].legend(fontsize=8)
-    if ref.theta is not None and gen.theta is not None and np.ptp(ref.theta) > 1e-3:
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    hr, er = histogram(vr, edges)
+    hg, eg = histogram(vg, edges)
+    a, r = _main_and_ratio(fig, outer[0, 0])
+    _draw_hist(a, edges, hr, er, hg, eg, centres)
+    a.set_ylabel("normalised")
+    a.legend()
+    _draw_ratio(r, centres, hg, eg, hr, er, ratio_range, "measured angle [deg]")
+    if with_theta:
+        assert ref.theta is not None and gen.theta is not None
         t_edges = np.linspace(ref.theta.min() * deg, ref.theta.max() * deg + 1e-6, 13)
         c = 0.5 * (t_edges[1:] + t_edges[:-1])
-        mr, er = _binned_mean(ref.theta * deg, vr, t_edges)
-        mg, eg = _binned_mean(gen.theta * deg, vg, t_edges)
-        axes[1].errorbar(c, mr, er, fmt="o-", ms=3, **REF_STYLE)
-        axes[1].errorbar(c, mg, eg, fmt="s--", ms=3, **GEN_STYLE)
-        axes[1].plot(c, c, ":", color="grey", label="measured = true")
-        axes[1].set_xlabel("true angle [deg]")
-        axes[1].set_ylabel("mean measured angle [deg]")
-        axes[1].legend(fontsize=8)
-    else:
-        axes[1].axis("off")
-    fig.tight_layout()
+        mr, er = binned_mean(ref.theta * deg, vr, t_edges)
+        mg, eg = binned_mean(gen.theta * deg, vg, t_edges)
+        a, r = _main_and_ratio(fig, outer[0, 1])
+        _draw_hist(a, t_edges, mr, er, mg, eg, c, means=True)
+        a.plot(c, c, ":", color="grey", label="measured = true")
+        a.set_ylabel("mean measured angle [deg]")
+        a.legend()
+        _draw_ratio(r, c, mg, eg, mr, er, ratio_range, "true angle [deg]")
     return fig
 
 
+@_hep_style
 def projections_figure(gen: ObservableSet, ref: ObservableSet) -> Figure:
-    """2D projections of the mean shower (x-y summed over depth, y-z summed over x), log colour scale.
+    """2D projections of the mean shower (x-y summed over depth, y-z summed over x), GeV, log colour scale.
 
     Built from the profiles alone would lose the correlation, so this uses the mean 2D images stored in
-    ``ObservableSet.extra`` (``mean_xy``, ``mean_yz``) when :func:`hepgan.physics.report.write_report`
-    put them there.
+    ``ObservableSet.extra`` (``mean_xy: [X, Y]``, ``mean_yz: [Y, Z]``) when
+    :func:`hepgan.physics.extract.extract` put them there.
     """
-    fig, axes = plt.subplots(2, 2, figsize=(8, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(8, 7), layout="constrained")
     for row, (o, name) in enumerate(((ref, "reference"), (gen, "generated"))):
         for col, key in enumerate(("mean_xy", "mean_yz")):
             img = o.extra.get(key)
@@ -216,29 +398,42 @@ def projections_figure(gen: ObservableSet, ref: ObservableSet) -> Figure:
             ax.set_title(f"{name}: mean {'x-y' if key == 'mean_xy' else 'y-z'}", fontsize=9)
             ax.set_xlabel("x [cell]" if key == "mean_xy" else "y [cell]")
             ax.set_ylabel("y [cell]" if key == "mean_xy" else "z [layer]")
+            ax.minorticks_off()
             fig.colorbar(im, ax=ax, label="GeV")
-    fig.tight_layout()
     return fig
 
 
-def cells_figure(gen: ObservableSet, ref: ObservableSet) -> Figure:
-    """Cell-energy spectrum (all events) and mean sparsity versus threshold."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+@_hep_style
+def cells_figure(
+    gen: ObservableSet, ref: ObservableSet, *, ratio_range: tuple[float, float] = RATIO_RANGE
+) -> Figure:
+    """Cell-energy spectrum per event (``spectrum: [K]`` counts / N, Poisson errors) and mean sparsity
+    versus threshold (per-event ``sparsity: [N, T]``, standard errors), with ratio panels."""
+    fig = plt.figure(figsize=(10, 4.6), layout="constrained")
+    outer = fig.add_gridspec(1, 2)
     edges = spectrum_edges()
-    a.stairs(ref.spectrum / max(len(ref), 1), edges, fill=True, alpha=0.3, **REF_STYLE)
-    a.stairs(gen.spectrum / max(len(gen), 1), edges, **GEN_STYLE)
+    centres = np.sqrt(edges[1:] * edges[:-1])
+    nr, ng = max(len(ref), 1), max(len(gen), 1)
+    hr, er = ref.spectrum / nr, np.sqrt(ref.spectrum) / nr
+    hg, eg = gen.spectrum / ng, np.sqrt(gen.spectrum) / ng
+    a, r = _main_and_ratio(fig, outer[0, 0])
+    _draw_hist(a, edges, hr, er, hg, eg, centres)
     a.set_xscale("log")
     a.set_yscale("log")
-    a.set_xlabel("cell energy [GeV]")
     a.set_ylabel("cells per event")
-    a.legend(fontsize=8)
-    thr = np.maximum(np.asarray(SPARSITY_THRESHOLDS), 1e-7)
-    b.plot(thr, ref.sparsity.mean(0), "o-", **REF_STYLE)
-    b.plot(thr, gen.sparsity.mean(0), "s--", **GEN_STYLE)
-    b.set_xscale("log")
-    b.set_xlabel("threshold [GeV] (0 drawn at 1e-7)")
-    b.set_ylabel("mean sparsity (fraction of cells < threshold)")
-    fig.tight_layout()
+    a.legend()
+    _draw_ratio(r, centres, hg, eg, hr, er, ratio_range, "cell energy [GeV]")
+    thr = np.maximum(np.asarray(SPARSITY_THRESHOLDS, np.float64), 1e-7)
+    sr, ser = mean_sem(ref.sparsity)
+    sg, seg = mean_sem(gen.sparsity)
+    a, r = _main_and_ratio(fig, outer[0, 1])
+    a.plot(thr, sr, "-", **REF_STYLE)
+    a.fill_between(thr, sr - ser, sr + ser, color="0.75", alpha=0.6, lw=0)
+    a.errorbar(thr, sg, seg, fmt="o", ms=3, elinewidth=1, **GEN_STYLE)
+    a.set_xscale("log")
+    a.set_ylabel("mean fraction of cells < threshold")
+    a.legend()
+    _draw_ratio(r, thr, sg, seg, sr, ser, ratio_range, "threshold [GeV] (0 drawn at 1e-7)")
     return fig
 
 
@@ -263,6 +458,7 @@ CONVERGENCE_METRICS = ("physics_score", "auc_hlf", "auc_cells", "sf_rel_error")
 an AUC of 0.5 is a generator the classifier cannot tell from the simulation)."""
 
 
+@_hep_style
 def convergence_figure(rows: list[dict[str, float]], *, title: str = "") -> Figure:
     """Validation metrics against showers seen (left) and training wall time (right).
 

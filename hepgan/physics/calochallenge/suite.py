@@ -10,7 +10,9 @@ GeV) into that representation.
 FPD and KPD use the challenge's calls of JetNet (``code/evaluate.py``): ``fpd(reference, generated,
 min_samples=10000)`` (JetNet: ``max_samples`` 50000, 20 batches, 10 points) and ``kpd(reference,
 generated, batch_size=10000)`` (10 batches, polynomial kernel of degree 4, batches drawn with
-replacement), on the 362 high-level features, each divided by the reference's largest absolute value.
+replacement), on the 362 high-level features, each divided by the reference's largest absolute value:
+:mod:`hepgan.physics.fpd` with ``convention="jetnet"`` and those sizes, seeded ``42 + seed`` (JetNet's
+seed at ``seed=0``).
 With fewer than 50000 (FPD) or 10000 (KPD) events per set the sizes shrink to the smaller set (FPD keeps
 the challenge's 1:5 ratio of smallest to largest batch); the results then are not the published ones'
 protocol, and the JSON says so.
@@ -308,22 +310,22 @@ def evaluate(
     max_fpd = min(n, FPD_MAX_SAMPLES)
     min_fpd = FPD_MIN_SAMPLES if max_fpd == FPD_MAX_SAMPLES else max(max_fpd // 5, 2)
     fpd_val, fpd_err = fpdlib.fpd(
-        x_ref, x_gen, min_samples=min_fpd, max_samples=max_fpd, num_batches=fpd_batches,
-        num_points=FPD_POINTS, seed=seed, trace_method="eigh",
+        x_ref, x_gen, convention="jetnet", min_samples=min_fpd, max_samples=max_fpd,
+        num_batches=fpd_batches, num_points=FPD_POINTS, seed=fpdlib.JETNET_SEED + seed, trace_method="eigh",
     )  # fmt: skip
     kpd_batch = min(n, KPD_BATCH)
     kpd_val, kpd_err = fpdlib.kpd(
-        x_ref, x_gen, num_batches=KPD_BATCHES, batch_size=kpd_batch, degree=KPD_DEGREE, seed=seed,
-        replace=True,
+        x_ref, x_gen, convention="jetnet", num_batches=KPD_BATCHES, batch_size=kpd_batch,
+        degree=KPD_DEGREE, seed=fpdlib.JETNET_SEED + seed, replace=True,
     )  # fmt: skip
     result.update(
         fpd=fpd_val, fpd_err=fpd_err, kpd=kpd_val, kpd_err=kpd_err,
         fpd_x1e3=fpd_val * 1e3, fpd_x1e3_err=fpd_err * 1e3,
         kpd_x1e3=kpd_val * 1e3, kpd_x1e3_err=kpd_err * 1e3,
-        fpd_settings={"min_samples": min_fpd, "max_samples": max_fpd, "num_batches": fpd_batches,
-                      "num_points": FPD_POINTS, "features": int(x_ref.shape[1])},
-        kpd_settings={"batch_size": kpd_batch, "num_batches": KPD_BATCHES, "degree": KPD_DEGREE,
-                      "replace": True, "features": int(x_ref.shape[1])},
+        fpd_settings={"convention": "jetnet", "min_samples": min_fpd, "max_samples": max_fpd,
+                      "num_batches": fpd_batches, "num_points": FPD_POINTS, "features": int(x_ref.shape[1])},
+        kpd_settings={"convention": "jetnet", "batch_size": kpd_batch, "num_batches": KPD_BATCHES,
+                      "degree": KPD_DEGREE, "replace": True, "features": int(x_ref.shape[1])},
     )  # fmt: skip
     full = n >= PUBLISHED_EVENTS
     result["comparable"] = {
