@@ -106,3 +106,15 @@ def test_checkpoint_restore_errors_are_one_line(
     err = capsys.readouterr().err
     assert err == "hepgan-evaluate: model mismatch: checkpoint fixed25/paper, config fixed25/small\n"
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("convention", ["hepgan", "jetnet"])
+def test_fpd_convention_option_reaches_the_metrics(
+    files: dict[str, Path], tmp_path: Path, convention: str
+) -> None:
+    args = [str(files["gen"]), str(files["ref"]), "--out", str(tmp_path), "--metrics", "kpd", "--no-report"]
+    rc = main([*args, "--fpd-convention", convention])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics[f"kpd_convention/{convention}"] == 1.0
+    assert not any(k.startswith("kpd_convention/") and k != f"kpd_convention/{convention}" for k in metrics)

@@ -2,9 +2,11 @@
 
     hepgan-data list
     hepgan-data fetch NAME [--dest DIR] [--base-url URL] [--extract]
-    hepgan-data info PATH...          per file: format, events, grid, energy/angle range, <ECAL/E>
+    hepgan-data info PATH...          per file: format, events, grid, energy/angle range, <ECAL/E>;
+                                      then what wrote each file (provenance attributes)
     hepgan-data validate PATH...      full read with every check; exit 1 on the first bad file
     hepgan-data convert IN... OUT --format F [--events-per-file N] [--prefix P] [--geometry G] [--overwrite]
+                                      [--compression none|lzf|gzip|gzip:LEVEL]
     hepgan-data cache [OVERRIDE...]   simulate a config's data into the on-disk cache, e.g.
                                       hepgan-data cache experiment=paper_fixed25 data.workers=8
 
@@ -16,15 +18,19 @@ or nothing: its files appear in OUT only when every input was read; a failure re
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hepgan.data import fetch as fetch_mod
 from hepgan.data import formats
 from hepgan.data.types import Showers
+from hepgan.progress import Progress, Task
 
 
 @dataclass
@@ -98,6 +104,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         total.merge(st)
     rows.append([f"total ({len(paths)} files)", *total.cells()])
     print(_table(rows))
+    provs = [(p, formats.file_provenance(p)) for p in paths]
+    if any(prov for _, prov in provs):
+        print("provenance")
+        for path, prov in provs:
+            print(f"  {path}: {_provenance_line(prov) if prov else '-'}")
     return 0
 
 
@@ -118,11 +129,38 @@ class _ConvertFailed(ValueError):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Rewrite showers in another format (or re-split them), streaming; all or nothing."""
+    """Rewrite showers in another format (or re-split them), streaming; all or nothing. Progress: the
+    showers and files written (a bar on a terminal, a ``[hepgan] convert`` line every 30 s in a log)."""
+    with Progress("convert", enabled=not getattr(args, "quiet", False)) as progress:
+        return _convert(args, progress)
+
+
+def _events_in(args: argparse.Namespace) -> int | None:
+    """The inputs' events from their metadata (None when a file cannot be scanned: reading it says why)."""
+    try:
+        return sum(info.n_events for info in formats.scan(args.inputs, geometry=args.geometry))
+    except (formats.ShowerFileError, ValueError, OSError):
+        return None
+
+
+def _counted(chunks: Iterator[Showers], task: Task, events_per_file: int) -> Iterator[Showers]:
+    """``chunks``, counting each one on ``task`` once the writer asks for the next (and the last at the
+    end), with the files begun so far."""
+    done = 0
+    for part in chunks:
+        yield part
+        done += len(part)
+        task.update(done, files=-(-done // events_per_file))
+
+
+def _convert(args: argparse.Namespace, progress: Progress) -> int:
     if args.events_per_file < 1:
         raise ValueError(f"--events-per-file must be >= 1; got {args.events_per_file}")
     chunks = formats.iter_showers(args.inputs, chunk=args.chunk, geometry=args.geometry)
+    task = progress.task(total=_events_in(args), unit="showers")
+    chunks = _counted(chunks, task, args.events_per_file)
     try:
+        attrs = _convert_provenance(args)
         paths = formats.write_folder(
             chunks,
             args.out,
@@ -131,6 +169,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             compression=args.compression,
             overwrite=args.overwrite,
+            attrs=attrs,
         )
     except formats.OutputExistsError:
         raise
@@ -138,10 +177,43 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise _ConvertFailed(
             f"{exc}. Nothing was written to {args.out}: the files converted before the error were removed"
         ) from exc
+    task.close()
     for p in paths:
         print(p)
     print(f"wrote {len(paths)} files in format {args.format}")
     return 0
+
+
+def _convert_provenance(args: argparse.Namespace) -> dict[str, Any]:
+    """The provenance attributes of converted files: the command, the inputs and what the first input
+    with provenance records; the seed and geometry when every input agrees on them."""
+    inputs = formats.expand_paths(args.inputs)
+    provs = [formats.file_provenance(p) for p in inputs]
+    seeds = {p.get("seed") for p in provs}
+    geometries = {p.get("geometry") for p in provs}
+    settings = {
+        "inputs": [str(p) for p in inputs[:100]],  # enough to trace a set, small enough for an attribute
+        "n_inputs": len(inputs),
+        "input_provenance": next((p for p in provs if p), {}),
+        "format": args.format,
+        "compression": args.compression,
+    }
+    return formats.provenance_attrs(
+        tool="hepgan-data convert",
+        command=getattr(args, "command", None),
+        seed=seeds.pop() if len(seeds) == 1 else None,
+        geometry=geometries.pop() if len(geometries) == 1 else None,
+        settings=settings,
+    )
+
+
+def _provenance_line(prov: dict[str, Any]) -> str:
+    """One line summarising ``formats.file_provenance`` of a file."""
+    keys = ("tool", "version", "created_utc", "seed", "geometry", "compression", "step")
+    parts = [f"{k} {prov[k]}" for k in keys if prov.get(k) is not None]
+    if "run_dir" in prov:
+        parts.append(f"run {Path(str(prov['run_dir'])).name}")
+    return ", ".join(parts)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -252,10 +324,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", required=True, choices=formats.FORMATS)
     sp.add_argument("--events-per-file", type=int, default=10000)
     sp.add_argument("--prefix", default="showers")
-    sp.add_argument("--compression", choices=["lzf", "gzip"], default=None)
+    sp.add_argument(
+        "--compression",
+        type=formats.compression_arg,
+        default=formats.DEFAULT_COMPRESSION,
+        help=formats.COMPRESSION_HELP,
+    )
     sp.add_argument(
         "--overwrite", action="store_true", help="replace the HDF5 files OUT already holds (else refuse)"
     )
+    sp.add_argument("--quiet", action="store_true", help="no progress display")
     reading(sp)
     sp.set_defaults(func=cmd_convert)
 
@@ -286,6 +364,7 @@ def _geometry(text: str) -> str | tuple[int, int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hepgan-data``; returns the exit code."""
     args = _parser().parse_args(argv)
+    args.command = shlex.join(["hepgan-data", *(sys.argv[1:] if argv is None else argv)])
     try:
         if getattr(args, "geometry", None) is not None:
             formats.grid_of(args.geometry)  # reject an unknown preset before reading anything

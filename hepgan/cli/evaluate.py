@@ -24,14 +24,31 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from hepgan.data.types import Showers
 from hepgan.physics.report import HEADLINE
+from hepgan.progress import Progress
 
 
-def _read(paths: list[str], max_events: int | None, which: str) -> Showers:
+def _count(paths: list[str], max_events: int | None) -> int | None:
+    """Events the files hold (from their metadata; None when they cannot be scanned: the reading
+    itself then reports why), at most ``max_events``: the total of the reading's progress."""
+    from hepgan.data.formats import scan
+
+    try:
+        n = sum(info.n_events for info in scan(paths if len(paths) > 1 else paths[0]))
+    except (ValueError, OSError):
+        return None
+    return n if max_events is None else min(n, max_events)
+
+
+def _read(
+    paths: list[str], max_events: int | None, which: str, advance: Callable[[int], None] | None = None
+) -> Showers:
+    """Read up to ``max_events`` showers; ``advance(k)`` is told of every ``k`` events read."""
     from hepgan.data.formats import iter_showers
 
     parts: list[Showers] = []
@@ -43,6 +60,8 @@ def _read(paths: list[str], max_events: int | None, which: str) -> Showers:
         # extras (pdgID, eta, ...) may differ between files and are not compared: keep the core fields
         parts.append(Showers(ecal=chunk.ecal, energy=chunk.energy, theta=chunk.theta))
         n += len(chunk)
+        if advance is not None:
+            advance(len(chunk))
         if max_events is not None and n >= max_events:
             break
     if not parts:
@@ -73,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--max-events", type=int, default=None, help="use at most N events of each set")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling and classifier (default 0)")
+    p.add_argument(
+        "--fpd-convention", choices=("hepgan", "jetnet"), default="hepgan",
+        help="FPD/KPD settings: hepgan (default; small validation sets) or jetnet (JetNet's kernel, sizes "
+        "and batches: quote these beside published numbers; needs >= 50000 events per set; docs/physics.md)",
+    )  # fmt: skip
     p.add_argument("--energy-bins", type=float, nargs="+", help="energy bin edges in GeV (default automatic)")
     p.add_argument(
         "--theta-bins", type=float, nargs="+", help="angle bin edges in degrees (default automatic)"
@@ -82,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
         help="report gan3d_metric with the moment term counted twice, as the original 3DGAN code",
     )  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="write metrics.json only (no figures, no HTML)")
+    p.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress (a bar on a terminal; in a log, a [hepgan] evaluate line per stage)",
+    )  # fmt: skip
     cc = p.add_argument_group("CaloChallenge suite")
     cc.add_argument(
         "--suite", choices=("default", "calochallenge"), default="default",
@@ -121,13 +149,15 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     try:
         out = check_writable_dir(args.out)
         # restore_run's documented errors: ValueError (damaged step, model mismatch), FileNotFoundError
-        metrics = evaluate_checkpoint(
-            args.checkpoint,
-            n_events=args.max_events or 5000,
-            seed=args.seed,
-            metrics=args.metrics,
-            skipped=skipped,
-        )
+        with Progress("evaluate", enabled=not args.no_progress) as progress:
+            with progress.stage("checkpoint"):  # restore, simulate the reference, generate, score
+                metrics = evaluate_checkpoint(
+                    args.checkpoint,
+                    n_events=args.max_events or 5000,
+                    seed=args.seed,
+                    metrics=args.metrics,
+                    skipped=skipped,
+                )
         path = write_metrics(out, metrics, skipped=skipped)
     except (ValueError, OSError) as exc:  # FileNotFoundError is an OSError
         print(f"hepgan-evaluate: {exc}", file=sys.stderr)
@@ -163,9 +193,11 @@ def _evaluate_calochallenge(args: argparse.Namespace) -> int:
         choice = "cpu" if jax.default_backend() == "cpu" else "challenge"
     settings = None if choice == "off" else cc.PRESETS[choice]
     skipped: dict[str, str] = {}
+    progress = Progress("evaluate", enabled=not args.no_progress)
     try:
         out = check_writable_dir(args.out)
         t0 = time.perf_counter()
+        reading = progress.stage("read")  # both sets and their checks: closed once they pass
         ref_s, ref_e, binning = cc.read_files(args.reference, args.dataset, max_events=args.max_events,
                                               which="reference")  # fmt: skip
         gen_s, gen_e, _ = cc.read_files(
@@ -182,17 +214,22 @@ def _evaluate_calochallenge(args: argparse.Namespace) -> int:
                     f"suite needs at least {cc.MIN_EVENTS} per set, because FPD fits batches of sizes a "
                     "factor 5 apart (the published numbers used 100k events per set)"
                 )
+        reading.close()
         feats: dict[str, cc.Features] = {}
         hists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        result = cc.evaluate(
-            gen_s, gen_e, ref_s, ref_e, binning, classifier=settings, seed=args.seed,
-            fpd_batches=args.fpd_batches, skipped=skipped, features_out=feats, hist_out=hists,
-        )  # fmt: skip
+        with progress.stage("suite"):  # separation powers, classifiers, FPD/KPD
+            result = cc.evaluate(
+                gen_s, gen_e, ref_s, ref_e, binning, classifier=settings, seed=args.seed,
+                fpd_batches=args.fpd_batches, skipped=skipped, features_out=feats, hist_out=hists,
+            )  # fmt: skip
         result["inputs"] = {"generated": str(args.generated), "reference": str(args.reference)}
         if skipped:
             result["skipped"] = dict(skipped)
-        path = cc.write_results(out, result, None if args.no_report else feats, hists.get("voxel"))
+        with progress.stage("report"):
+            path = cc.write_results(out, result, None if args.no_report else feats, hists.get("voxel"))
+        progress.close()
     except (ValueError, OSError) as exc:  # file and input errors are ValueErrors naming the file and key
+        progress.close(ok=False)
         print(f"hepgan-evaluate: {exc}", file=sys.stderr)
         return 1
 
@@ -244,29 +281,41 @@ def main(argv: list[str] | None = None) -> int:
     from hepgan.physics.report import write_metrics, write_report
 
     skipped: dict[str, str] = {}
+    # stage by stage: reading, observables, each metric (the classifiers take longest), the figures
     try:
         names = resolve_metrics(args.metrics or ["all"])
         out = check_writable_dir(args.out)
-        t0 = time.perf_counter()
-        gen = _read([args.generated], args.max_events, "generated")
-        ref = _read([args.reference], args.max_events, "reference")
-        if gen.grid != ref.grid:
-            raise ValueError(
-                f"generated showers ({args.generated}) have grid {gen.grid} but the reference "
-                f"({args.reference}) has {ref.grid}: both must use the same [X, Y, Z] cell grid"
-            )
-        t_read = time.perf_counter() - t0
-        g, r = extract(gen), extract(ref)
-        metrics = evaluate_observables(
-            g, r, metrics=names, seed=args.seed, energy_bins=args.energy_bins,
-            theta_bins=None if args.theta_bins is None else list(np.deg2rad(args.theta_bins)),
-            duplicate_moment_term=args.legacy_gan3d, cells=(gen, ref), skipped=skipped,
-        )  # fmt: skip
-        path = (
-            write_metrics(out, metrics, skipped=skipped)
-            if args.no_report
-            else write_report(out, gen, ref, metrics, observables=(g, r), skipped=skipped)
-        )
+        with Progress("evaluate", enabled=not args.no_progress) as progress:
+            t0 = time.perf_counter()
+            sets = []
+            for which, path_in in (("generated", args.generated), ("reference", args.reference)):
+                total = _count([path_in], args.max_events)
+                with progress.task(f"read_{which}", total=total, unit="showers") as task:
+                    sets.append(_read([path_in], args.max_events, which, task.advance))
+            gen, ref = sets
+            if gen.grid != ref.grid:
+                raise ValueError(
+                    f"generated showers ({args.generated}) have grid {gen.grid} but the reference "
+                    f"({args.reference}) has {ref.grid}: both must use the same [X, Y, Z] cell grid"
+                )
+            t_read = time.perf_counter() - t0
+            with progress.task("observables", total=len(gen) + len(ref), unit="showers") as task:
+                g = extract(gen)
+                task.advance(len(gen))
+                r = extract(ref)
+                task.advance(len(ref))
+            metrics = evaluate_observables(
+                g, r, metrics=names, seed=args.seed, energy_bins=args.energy_bins,
+                theta_bins=None if args.theta_bins is None else list(np.deg2rad(args.theta_bins)),
+                duplicate_moment_term=args.legacy_gan3d, cells=(gen, ref), skipped=skipped,
+                progress=progress.stage, fpd_convention=args.fpd_convention,
+            )  # fmt: skip
+            with progress.stage("metrics_json" if args.no_report else "report"):
+                path = (
+                    write_metrics(out, metrics, skipped=skipped)
+                    if args.no_report
+                    else write_report(out, gen, ref, metrics, observables=(g, r), skipped=skipped)
+                )
     except (ValueError, OSError) as exc:  # ShowerFileError and the evaluation errors are ValueErrors
         print(f"hepgan-evaluate: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ before the model is restored), 2 for command-line errors.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from hepgan.data.formats import FORMATS
+from hepgan.data.formats import COMPRESSION_HELP, DEFAULT_COMPRESSION, FORMATS, compression_arg
+from hepgan.progress import Progress, Task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,22 +56,30 @@ def main(argv: list[str] | None = None) -> int:
         help="fixed25, angle or calochallenge (default: the model's own)",
     )
     p.add_argument("--events-per-file", type=int, default=10000)
+    p.add_argument("--compression", type=compression_arg, default=DEFAULT_COMPRESSION, help=COMPRESSION_HELP)
     p.add_argument("--batch", type=int, default=256, help="showers per generator call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--best", action="store_true", help="use the best checkpoint instead of the newest")
     p.add_argument(
         "--step", type=int, default=None, help="use exactly this saved step (of best/ with --best)"
     )
+    p.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress (a bar on a terminal; in a log, a [hepgan] generate line every 30 s)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    args.command = shlex.join(["hepgan-generate", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return _run(args)
+        with Progress("generate", enabled=not args.no_progress) as progress:
+            return _run(args, progress)
     except (ValueError, OSError) as exc:  # restore_run's documented errors; FileNotFoundError is an OSError
         print(f"hepgan-generate: {exc}", file=sys.stderr)
         return 1
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, progress: Progress) -> int:
     from hepgan.cli.outdir import check_writable_dir
+    from hepgan.data.formats import provenance_attrs as file_attrs
     from hepgan.data.formats import write_files
     from hepgan.data.simulate import EnergySpec, parse_theta
     from hepgan.data.types import Showers
@@ -88,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     energy = spec.sample(rng.random(args.n), np.arange(args.n)).astype(np.float32)
     theta = np.deg2rad(rng.uniform(lo, hi, args.n) if hi > lo else np.full(args.n, lo)).astype(np.float32)
-    players, state, preprocess, conf = restore_run(args.run_dir, best=args.best, step=args.step)
+    with progress.stage("restore"):
+        players, state, preprocess, conf = restore_run(args.run_dir, best=args.best, step=args.step)
     run = run_record(args.run_dir)
     fmt = args.format or {"fixed25": "fixed25", "angle51": "angle"}.get(conf.model.arch, "calochallenge")
     batch = min(args.batch, args.n)
@@ -97,9 +108,11 @@ def _run(args: argparse.Namespace) -> int:
     if stats == "recomputed":  # measured once here, recorded in the files, then sampled with as they are
         state = _recomputed(players, state, energy, theta, args.seed)
         recorded_bn = bn_stats_arrays(state.g.batch_stats)
-    generate(players, state, energy[:batch], theta[:batch], batch=batch, seed=args.seed)  # compile
+    with progress.stage("compile"):
+        generate(players, state, energy[:batch], theta[:batch], batch=batch, seed=args.seed)
     t0 = time.perf_counter()
-    x = generate(players, state, energy, theta, batch=batch, seed=args.seed)
+    with progress.task(total=args.n, unit="showers") as task:
+        x = generate(players, state, energy, theta, batch=batch, seed=args.seed, on_chunk=task.advance)
     seconds = time.perf_counter() - t0
     ecal = np.asarray(preprocess.invert_cells(x), np.float32)
     showers = Showers(
@@ -122,15 +135,22 @@ def _run(args: argparse.Namespace) -> int:
         "arch": conf.model.arch,
         "format": fmt,
         "events_per_file": args.events_per_file,
+        "compression": args.compression,
     }
+    written = progress.task("write", total=args.n, unit="showers")
     paths = write_files(
-        _chunks(showers, batch),
+        _chunks(showers, batch, written),
         Path(args.out),
         fmt=fmt,
         events_per_file=args.events_per_file,
         prefix="generated",
-        attrs=provenance_attrs(record, recorded_bn),
+        compression=args.compression,
+        attrs={
+            **provenance_attrs(record, recorded_bn),
+            **file_attrs(tool="hepgan-generate", command=args.command, geometry=conf.model.arch),
+        },
     )
+    written.close()
     print(
         f"hepgan-generate: {args.n} showers in {seconds:.2f} s ({args.n / seconds:.1f} showers/s, step "
         f"{int(state.step)}) -> {len(paths)} file(s) in {args.out} ({fmt})"
@@ -156,10 +176,17 @@ def _recomputed(players: Any, state: Any, energy: np.ndarray, theta: np.ndarray,
     return state.replace(g=state.g.replace(batch_stats=stats))
 
 
-def _chunks(showers: Any, batch: int) -> Iterator[Any]:
-    """``showers`` in generator chunks of ``batch`` events, each with its ``hepgan_latent_index`` rows."""
+def _chunks(showers: Any, batch: int, task: Task | None = None) -> Iterator[Any]:
+    """``showers`` in generator chunks of ``batch`` events, each with its ``hepgan_latent_index`` rows
+    (``task``: counts a chunk once the writer asks for the next one, and the last at the end)."""
+    done = 0
     for start in range(0, len(showers), batch):
+        if task is not None and start:
+            task.advance(start - done)
+            done = start
         yield showers[start : start + batch]
+    if task is not None:
+        task.advance(len(showers) - done)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@ Example (the default training set, 10^5 fixed-angle showers, 10-500 GeV)::
     hepgan-simulate --geometry fixed25 --n-events 100000 --energy uniform:10:500 --seed 1 \\
         --workers 2 --out data/fixed25
 
-Event ``i`` depends only on ``(seed, i)``, so the same command gives the same files whatever
-``--workers``. ``--summary-only`` simulates and prints the statistics without writing anything.
+Event ``i`` depends only on ``(seed, i)``, so the same command gives the same showers whatever
+``--workers`` (the files differ only in the attributes recording the creation time and the command).
+``--summary-only`` simulates and prints the statistics without writing anything.
 The files appear in ``--out`` only when all are written (an interrupted run leaves none); a folder
-that already holds HDF5 files is refused (exit 1) unless ``--overwrite`` is given.
+that already holds HDF5 files is refused (exit 1) unless ``--overwrite`` is given. The files are
+compressed (``--compression``, default ``formats.DEFAULT_COMPRESSION``) and record their provenance
+(seed, simulator settings, command, hepgan version: ``formats.file_provenance``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hepgan.data.formats import COMPRESSION_HELP, DEFAULT_COMPRESSION, compression_arg
 from hepgan.data.geometry import PRESETS
 from hepgan.data.simulate import (
     EnergySpec,
@@ -114,12 +119,15 @@ def _parser() -> argparse.ArgumentParser:
         "--events-per-file", type=int, default=10000, help="showers per file (default %(default)s)"
     )
     p.add_argument("--prefix", default="showers", help="file name prefix (default %(default)s)")
+    p.add_argument("--compression", type=compression_arg, default=DEFAULT_COMPRESSION, help=COMPRESSION_HELP)
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the HDF5 files --out already holds, once the new ones are complete (else refuse)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress (bar on a terminal, lines in a log)"
+    )
     p.add_argument("--summary-only", action="store_true", help="simulate and print statistics, write nothing")
     # simulator knobs most often varied in studies; everything else keeps the documented defaults
     p.add_argument(
@@ -190,8 +198,17 @@ def _run(args: argparse.Namespace) -> int:
         for _ in stream():
             pass
     else:
-        from hepgan.data.formats import write_folder
+        from hepgan.data.formats import provenance_attrs, write_folder
 
+        settings = {
+            "simulator": cfg.describe(),
+            "energy": str(spec),
+            "theta_deg": list(theta),
+            "start": args.start,
+            "n_events": args.n_events,
+            "events_per_file": args.events_per_file,
+            "compression": args.compression,
+        }
         files = write_folder(
             stream(),
             args.out,
@@ -199,6 +216,14 @@ def _run(args: argparse.Namespace) -> int:
             events_per_file=args.events_per_file,
             prefix=args.prefix,
             overwrite=args.overwrite,
+            compression=args.compression,
+            attrs=provenance_attrs(
+                tool="hepgan-simulate",
+                command=getattr(args, "command", None),
+                seed=args.seed,
+                geometry=args.geometry,
+                settings=settings,
+            ),
         )
     wall = time.perf_counter() - t0
 
@@ -216,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.summary_only:
         print("files written      none (--summary-only)")
     else:
-        print(f"files written      {len(files)} in {args.out}")
+        print(f"files written      {len(files)} in {args.out} (compression {args.compression})")
         for f in files:
             print(f"  {f}")
     return 0
@@ -226,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``hepgan-simulate``; returns the exit code (2 for a bad request, 1 for I/O errors
     and for an output folder that already holds HDF5 files without ``--overwrite``)."""
     args = _parser().parse_args(argv)
+    args.command = shlex.join(["hepgan-simulate", *(sys.argv[1:] if argv is None else argv)])
     try:
         return _run(args)
     except FileExistsError as exc:  # formats.OutputExistsError: the folder holds files already

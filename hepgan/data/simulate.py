@@ -58,6 +58,7 @@ import numpy as np
 
 from hepgan.data.geometry import Geometry, get_geometry
 from hepgan.data.types import Showers
+from hepgan.progress import track
 
 # --------------------------------------------------------------------------------------------------------
 # GFLASH constants (GP tables; numerical values as in Geant4's GFlash tuning classes)
@@ -661,21 +662,10 @@ def _check_counts(n: int, seed: int, start: int, workers: int, chunk: int) -> No
 
 @contextmanager
 def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda k: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    ) as bar:
-        task = bar.add_task("showers", total=total)
-        yield lambda k: bar.advance(task, k)
+    """``advance(k)`` for ``k`` more showers simulated: a bar with showers/s on a terminal, periodic
+    ``[hepgan] simulate`` lines otherwise (:mod:`hepgan.progress`)."""
+    with track("simulate", total=total, unit="showers", enabled=enabled) as task:
+        yield task.advance
 
 
 def iter_simulate(

@@ -14,8 +14,8 @@ name           what it adds                                                     
                ``gan3d_profiles``, ``gan3d_angle``; ``gan3d_metric_legacy`` with the moment
                term counted twice as in the original analysis code
 ``distances``  ``chi2ndf/<obs>``, ``ks/<obs>``, ``w1/<obs>`` per observable                  ~1 s
-``fpd``        ``fpd``, ``fpd_err`` (JetNet definition, high-level features)                 ~1 s
-``kpd``        ``kpd``, ``kpd_err`` (JetNet definition, cubic kernel)                        ~1-5 s
+``fpd``        ``fpd``, ``fpd_err`` (high-level features), ``fpd_convention/<name>`` = 1     ~1 s
+``kpd``        ``kpd``, ``kpd_err`` (high-level features), ``kpd_convention/<name>`` = 1     ~1-5 s
 ``classifier`` ``auc_hlf`` (+``_err``) on high-level features and ``auc_cells`` on raw cells  10-60 s
 ============== ============================================================================= ==========
 
@@ -35,13 +35,21 @@ each distribution (resolution, tails), not only its mean; the root mean square k
 observable from being averaged away by nine good ones while staying less noisy than the maximum; the
 sampling-fraction term keeps the papers' criterion inside the score. See ``docs/physics.md`` for the
 reasoning and the calibration.
+
+FPD and KPD follow ``fpd_convention`` (``"hepgan"``, the default, for validation sets of a few thousand
+events, or ``"jetnet"``, JetNet's kernel and batch schedule, for numbers comparable with published ones;
+:mod:`hepgan.physics.fpd`). The result names the convention in a key of its own,
+``fpd_convention/hepgan`` or ``fpd_convention/jetnet`` (and ``kpd_convention/...``), set to 1.0, so that
+the dict stays one of numbers and a value is never stored without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -212,6 +220,8 @@ def evaluate(
     duplicate_moment_term: bool = False,
     timings: dict[str, float] | None = None,
     skipped: dict[str, str] | None = None,
+    progress: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+    fpd_convention: str = "hepgan",
 ) -> dict[str, float]:
     """Compare ``generated`` with ``reference`` showers (``ecal [N, X, Y, Z] GeV``, ``energy [N] GeV``,
     ``theta [N] rad`` or none) at matched conditions; see the module docstring for the metric names.
@@ -220,17 +230,22 @@ def evaluate(
     (:func:`hepgan.physics.binning.make_bins`). ``pitch``: ``(cell_size_mm, layer_thickness_mm)`` for the
     measured angle, default from the geometry preset of the grid. ``duplicate_moment_term``: make
     ``gan3d_metric`` the legacy value (moment term counted twice, as the original 3DGAN code does).
-    ``timings``: if given, filled with wall seconds per stage. ``skipped``: if given, filled with
+    ``timings``: if given, filled with wall seconds per stage. ``progress``: if given, each stage
+    (``observables``, then the metrics' names) runs inside ``progress(stage)``, e.g.
+    :meth:`hepgan.progress.Progress.stage`, which reports it as it goes. ``skipped``: if given, filled with
     metric name -> why it was skipped (too few events for it; see the module docstring); the returned dict
     then simply lacks that metric's keys. Raises :class:`GridMismatchError`, or
     :class:`InsufficientEventsError` for a condition bin with too few events (both ``ValueError``), with a
-    message naming the problem.
+    message naming the problem. ``fpd_convention``: ``"hepgan"`` or ``"jetnet"`` for FPD and KPD (module
+    docstring); an unknown name raises ``ValueError`` before anything is computed.
     """
     names = resolve_metrics(metrics)
+    fpd_mod.check_convention(fpd_convention)
     check_compatible(generated, reference)
     t0 = time.perf_counter()
-    g = extract(generated, pitch=pitch)
-    r = extract(reference, pitch=pitch)
+    with progress("observables") if progress is not None else contextlib.nullcontext():
+        g = extract(generated, pitch=pitch)
+        r = extract(reference, pitch=pitch)
     if timings is not None:
         timings["observables"] = time.perf_counter() - t0
     cells = None
@@ -247,6 +262,8 @@ def evaluate(
         cells=cells,
         timings=timings,
         skipped=skipped,
+        progress=progress,
+        fpd_convention=fpd_convention,
     )
 
 
@@ -262,10 +279,15 @@ def evaluate_observables(
     cells: tuple[Showers, Showers] | None = None,
     timings: dict[str, float] | None = None,
     skipped: dict[str, str] | None = None,
+    progress: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+    fpd_convention: str = "hepgan",
 ) -> dict[str, float]:
     """:func:`evaluate` on observables already extracted (``cells``: the two shower sets, needed only
-    by ``classifier_cells``)."""
+    by ``classifier_cells``; ``progress``: as for :func:`evaluate`, for the metrics' stages)."""
     names = resolve_metrics(metrics)
+    fpd_mod.check_convention(fpd_convention)
+    # the jetnet convention starts from JetNet's seed 42, so seed 0 draws the events JetNet would
+    fpd_seed = seed + (fpd_mod.JETNET_SEED if fpd_convention == "jetnet" else 0)
     with_angle = _has_angle(r)
     bins = binning.make_bins(
         r.energy, _theta(r) if with_angle else None, energy_bins=energy_bins, theta_bins=theta_bins
@@ -284,7 +306,8 @@ def evaluate_observables(
 
     def timed(stage: str, fn: Callable[[], None]) -> None:
         t = time.perf_counter()
-        fn()
+        with progress(stage) if progress is not None else contextlib.nullcontext():
+            fn()
         if timings is not None:
             timings[stage] = time.perf_counter() - t
 
@@ -335,13 +358,15 @@ def evaluate_observables(
 
     def do_fpd() -> None:
         out["fpd"], out["fpd_err"] = fpd_mod.fpd(
-            hlf_matrix(r, with_angle), hlf_matrix(g, with_angle), seed=seed
+            hlf_matrix(r, with_angle), hlf_matrix(g, with_angle), seed=fpd_seed, convention=fpd_convention
         )
+        out[f"fpd_convention/{fpd_convention}"] = 1.0
 
     def do_kpd() -> None:
         out["kpd"], out["kpd_err"] = fpd_mod.kpd(
-            hlf_matrix(r, with_angle), hlf_matrix(g, with_angle), seed=seed
+            hlf_matrix(r, with_angle), hlf_matrix(g, with_angle), seed=fpd_seed, convention=fpd_convention
         )
+        out[f"kpd_convention/{fpd_convention}"] = 1.0
 
     def do_cls_hlf() -> None:
         res = classifier.classifier_auc(

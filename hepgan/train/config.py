@@ -121,7 +121,8 @@ class LoggingConfig:
 
     every_steps: training metrics to CSV/TensorBoard and the non-finite check every N steps; 10 keeps
     host synchronisations rare.
-    tensorboard, csv: enable the writers. progress: rich progress bar on stderr.
+    tensorboard, csv: enable the writers. progress: progress on stderr, a bar on a terminal and periodic
+    plain lines in a batch log (docs/training.md, "Progress").
     layer_stats_every: per-layer weight, gradient and update norms of both players to ``layers.csv`` (and
     TensorBoard) every N steps; 0 turns them off (the step then does not compute them).
     dynamics_events: at each validation, the discriminator's output on this many reference showers and on

@@ -720,7 +720,7 @@ def fit(
             report(*to_report.pop(0))  # type: ignore[misc]
 
     # ---- loop ----------------------------------------------------------------------------------------
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from hepgan.progress import Progress
 
     step = int(state.step)
     timing = {"train_seconds": 0.0, "checkpoint_seconds": 0.0, "validation_seconds": 0.0, "steps": 0}
@@ -728,15 +728,8 @@ def fit(
     status = "ok"
     last_good = step
     pending: list[tuple[int, dict[str, jax.Array]]] = []
-    progress = Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} showers/s  d {task.fields[d]:.3g}  g {task.fields[g]:.3g}"),
-        TimeRemainingColumn(),
-        disable=not (lc.progress and par.is_main),
-        transient=False,
-    )
+    # a bar on a terminal, a "[hepgan] train ..." line every $HEPGAN_PROGRESS_INTERVAL s in a batch log
+    progress = Progress("train", enabled=lc.progress and par.is_main)
 
     layer_every = lc.layer_stats_every
 
@@ -849,7 +842,9 @@ def fit(
             timing["validation_seconds"] += time.perf_counter() - t0
         flush_reports()
         with progress:
-            task = progress.add_task("train", total=total_steps, completed=step, rate=0.0, d=0.0, g=0.0)
+            task = progress.task(
+                total=total_steps, unit="steps", completed=step, per_unit={"showers": tc.batch_size}
+            )
             window_t, window_n, window_input = time.perf_counter(), 0, 0.0
             while step < total_steps:
                 if profile is not None and step + 1 == profile[0]:
@@ -892,7 +887,7 @@ def fit(
                             float(state.lr_scale),
                         )
                         step = last_good = int(state.step)
-                        progress.update(task, completed=step)
+                        task.update(step)
                         continue
                 if log_due(step) and not worker:
                     wall = max(time.perf_counter() - window_t, 1e-9)
@@ -903,13 +898,10 @@ def fit(
                         timed.update(split.row() if split is not None else {})
                     window_t, window_n, window_input = time.perf_counter(), 0, 0.0
                     logs.write("train", step, {**last_metrics, **timed, "epoch": step / steps_per_epoch})
-                    progress.update(
-                        task,
-                        rate=rate,
-                        d=last_metrics.get("d_loss", math.nan),
-                        g=last_metrics.get("g_loss", math.nan),
+                    task.update(
+                        d=last_metrics.get("d_loss", math.nan), g=last_metrics.get("g_loss", math.nan)
                     )
-                progress.update(task, completed=step)
+                task.update(step)
                 timing["train_seconds"] += time.perf_counter() - t0
                 timing["steps"] += 1
 

@@ -8,6 +8,7 @@ draws fresh keys from ``fold_in(rng, step)`` every call, so a checkpoint holds e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -221,6 +222,7 @@ def generate(
     bn_stats: str = "running",
     ema: bool = True,
     first_chunk: int = 0,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Generator samples ``[N, X, Y, Z]`` (network units) at ``energy: [N] GeV``, ``theta: [N] rad``.
 
@@ -229,6 +231,7 @@ def generate(
     ``batch`` events, the last one padded, so one compilation serves every chunk. Chunk ``i`` draws its
     noise from ``fold_in(key(seed), first_chunk + i)`` (``first_chunk``: the number of the first chunk
     within a larger generation, so that chunk ``c`` of it can be drawn again on its own).
+    ``on_chunk(k)``: called after each chunk with its ``k`` events (a progress display).
     """
     if bn_stats not in BN_STATS:
         raise ValueError(f"train.sample_bn: unknown {bn_stats!r}; valid: {list(BN_STATS)}")
@@ -256,4 +259,6 @@ def generate(
         key = jax.random.fold_in(jax.random.key(seed), first_chunk + i)
         x = sample(g, spectra, key, jnp.asarray(e), jnp.asarray(th))
         out.append(np.asarray(x)[: min(batch, n - start)])
+        if on_chunk is not None:
+            on_chunk(len(out[-1]))
     return np.concatenate(out)
