@@ -166,32 +166,23 @@ def _check_arguments(source: str, section: str, kind: str, cls: type, opts: Mapp
         )
 
 
-def _sampler_class(kind: str, source: str) -> type:
+def _optuna_class(section: str, kind: str, source: str) -> type:
+    """The Optuna class behind ``kind`` in ``section`` (``sampler`` or ``pruner``) of a space file."""
     import optuna
 
-    if kind not in SAMPLERS:
+    table, module = (SAMPLERS, optuna.samplers) if section == "sampler" else (PRUNERS, optuna.pruners)
+    if kind not in table:
         raise ValueError(
-            f"search space {source}: sampler name {kind!r} is not one of {', '.join(SAMPLERS)} "
+            f"search space {source}: {section} name {kind!r} is not one of {', '.join(table)} "
             "(docs/sweeps.md lists the Optuna class of each)"
         )
-    return getattr(optuna.samplers, SAMPLERS[kind])
-
-
-def _pruner_class(kind: str, source: str) -> type:
-    import optuna
-
-    if kind not in PRUNERS:
-        raise ValueError(
-            f"search space {source}: pruner name {kind!r} is not one of {', '.join(PRUNERS)} "
-            "(docs/sweeps.md lists the Optuna class of each)"
-        )
-    return getattr(optuna.pruners, PRUNERS[kind])
+    return getattr(module, table[kind])
 
 
 def _check_sampler(spec: Mapping[str, Any], source: str, n_objectives: int) -> None:
     opts = dict(spec)
     kind = _canonical(opts.pop("name", "tpe"))
-    cls = _sampler_class(kind, source)
+    cls = _optuna_class("sampler", kind, source)
     _check_arguments(source, "sampler", kind, cls, opts)
     if n_objectives > 1 and kind in _SINGLE_OBJECTIVE_SAMPLERS:
         raise ValueError(
@@ -203,7 +194,7 @@ def _check_sampler(spec: Mapping[str, Any], source: str, n_objectives: int) -> N
 def _check_pruner(spec: Mapping[str, Any], source: str, n_objectives: int, section: str = "pruner") -> None:
     opts = dict(spec)
     kind = _canonical(opts.pop("name", "median"))
-    cls = _pruner_class(kind, source)
+    cls = _optuna_class("pruner", kind, source)
     if n_objectives > 1 and kind != "none":
         raise ValueError(
             f"search space {source}: {section} {kind!r} given for a search of {n_objectives} objectives; "
@@ -328,7 +319,7 @@ class SearchSpace:
         """
         opts = dict(self.sampler)
         kind = _canonical(opts.pop("name", "tpe"))
-        cls = _sampler_class(kind, self.source)
+        cls = _optuna_class("sampler", kind, self.source)
         _check_arguments(self.source, "sampler", kind, cls, opts)
         base = opts.pop("seed", None)
         if seed is not None:
@@ -366,7 +357,7 @@ class SearchSpace:
 def _make_pruner(spec: Mapping[str, Any], source: str, section: str) -> Any:
     opts = dict(spec)
     kind = _canonical(opts.pop("name", "median"))
-    cls = _pruner_class(kind, source)
+    cls = _optuna_class("pruner", kind, source)
     wrapped = opts.pop("wrapped", None)
     _check_arguments(source, section, kind, cls, opts)
     if kind == "median":
