@@ -368,7 +368,7 @@ def test_a_sampled_optimizer_applies_its_preset_and_sampled_rates_still_win() ->
 # the shipped search spaces
 # ---------------------------------------------------------------------------------------------------------
 
-SPACES = sorted(HPO.glob("*space*.yaml"))
+SPACES = sorted(HPO.rglob("*space*.yaml"))
 
 
 def test_the_paper_spaces_are_shipped() -> None:

@@ -122,7 +122,7 @@ def test_scaling_is_one_group(override):
         compose([override])
 
 
-SPACES = sorted((Path(__file__).resolve().parents[1] / "experiments" / "hpo").glob("*space.yaml"))
+SPACES = sorted((Path(__file__).resolve().parents[1] / "experiments" / "hpo").rglob("*space.yaml"))
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
