@@ -11,7 +11,8 @@ trial. Jobs run one at a time here (PanDA runs them in parallel).
 
 Writes under ``--out``: ``in.json``/``out.json`` (the last steering exchange), ``*.steering.json`` (the
 steering's decisions), ``jobs/NNN/`` (each job's ``input.json``, ``output.json`` and ``run/``),
-``study.journal``, and ``summary.json`` (per trial: point, output.json, Optuna state and learning curve).
+``study.journal``, ``summary.json`` (per trial: point, output.json, Optuna state and learning curve) and
+``summary.md`` (the same as a table; ``--table-only`` rewrites it from ``summary.json``).
 """
 
 from __future__ import annotations
@@ -41,14 +42,46 @@ def optuna_study(storage: object) -> object:
     return optuna.load_study(study_name="panda-local-demo", storage=storage)
 
 
+def _num(x: object) -> str:
+    return f"{x:.3f}" if isinstance(x, float | int) else str(x)
+
+
+def write_table(out: Path) -> Path:
+    """``summary.md``: one row per job (point, Optuna state, learning curve, output.json message)."""
+    summary = json.loads((out / "summary.json").read_text())
+    keys = [k for k in summary["jobs"][0]["point"] if not k.startswith("_")]
+    rows = [
+        "| job | trial | "
+        + " | ".join(keys)
+        + " | state | physics_score at update 0/64/128/192/256 | output.json |",
+        "|---" * (len(keys) + 5) + "|",
+    ]
+    for j in summary["jobs"]:
+        t = j["trial"] or {}
+        curve = " / ".join(f"{v:.3g}" for _, v in t.get("curve", []))
+        msg = j["output"]["message"].split(":")[0]
+        point = " | ".join(f"{j['point'][k]:.3g}" for k in keys)
+        rows.append(
+            f"| {j['job']} | {j['point']['_hepgan_trial']} | {point} | {t.get('state')} | {curve} | "
+            f"status {j['output']['status']}, loss {_num(j['output']['loss'])}, {msg} |"
+        )
+    path = out / "summary.md"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--budget", type=int, default=8)
     p.add_argument("--n-points", type=int, default=2)
     p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--table-only", action="store_true", help="rewrite summary.md from summary.json")
     args = p.parse_args()
     out: Path = args.out
+    if args.table_only:
+        print(write_table(out))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     space = out / "space.yaml"
     shutil.copyfile(HERE / "space.yaml", space)
@@ -98,6 +131,7 @@ def main() -> int:
         "jobs": jobs,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_table(out)
     print(json.dumps({j["job"]: (j["trial"] or {}).get("state") for j in jobs}))
     return 0
 
