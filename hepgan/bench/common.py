@@ -60,6 +60,34 @@ def best_of(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
     return min(times)
 
 
+def pipeline_epoch_rates(
+    source: Any, arch: str, batch: int, *, seed: int, steps: int | None = None, epochs: int = 1
+) -> tuple[list[float], int]:
+    """Showers/s of each of ``epochs`` shuffled epochs of a training :class:`~hepgan.data.pipeline.Pipeline`
+    over ``source`` (``arch``'s preprocessing, prefetch 2), timing ``steps`` batches per epoch (default
+    all; the rest of an epoch is read untimed before the next), arrays waited for on the device.
+    Returns the rates and the number of timed batches per epoch."""
+    import jax
+
+    from hepgan.data.pipeline import Pipeline, Preprocess
+
+    pipe = Pipeline(source, batch, Preprocess.for_model(arch), seed=seed, process_index=0, process_count=1)
+    n = pipe.steps_per_epoch if steps is None else min(steps, pipe.steps_per_epoch)
+    rates = []
+    try:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                jax.block_until_ready(next(pipe))
+            rates.append(n * batch / (time.perf_counter() - t0))
+            if epoch + 1 < epochs:
+                for _ in range(pipe.steps_per_epoch - n):  # finish the epoch untimed
+                    next(pipe)
+    finally:
+        pipe.close()
+    return rates, n
+
+
 def write_result(name: str, result: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``result`` (plus machine and date) to ``out_dir/<name>.json`` and return the path."""
     out = Path(out_dir)

@@ -37,9 +37,9 @@ from typing import Any
 
 import jax
 
+from hepgan.bench.common import pipeline_epoch_rates
 from hepgan.data import formats
 from hepgan.data.formats import Storage
-from hepgan.data.pipeline import Pipeline, Preprocess
 from hepgan.data.simulate import SimulatorConfig, simulate
 from hepgan.data.source import FileSource
 from hepgan.data.types import Showers
@@ -78,23 +78,10 @@ def _pipeline_rates(
     """Showers/s of each of ``epochs`` shuffled epochs (``steps`` batches each, default all) through a
     new ``FileSource`` and ``Pipeline``; arrays waited for on the device."""
     src = FileSource(paths, cache=cache)
-    pipe = Pipeline(
-        src, batch, Preprocess.for_model(arch), seed=seed, process_index=0, process_count=1, prefetch=2
-    )
-    n = pipe.steps_per_epoch if steps is None else min(steps, pipe.steps_per_epoch)
-    rates = []
     try:
-        for _ in range(epochs):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                jax.block_until_ready(next(pipe))
-            rates.append(n * batch / (time.perf_counter() - t0))
-            for _ in range(pipe.steps_per_epoch - n):  # finish the epoch untimed
-                next(pipe)
+        return pipeline_epoch_rates(src, arch, batch, seed=seed, steps=steps, epochs=epochs)[0]
     finally:
-        pipe.close()
         src.close()
-    return rates
 
 
 def _sequential_rate(paths: list[Path]) -> float:

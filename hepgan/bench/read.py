@@ -34,9 +34,8 @@ from typing import Any
 
 import jax
 
-from hepgan.bench.common import best_of
+from hepgan.bench.common import best_of, pipeline_epoch_rates
 from hepgan.data import formats
-from hepgan.data.pipeline import Pipeline, Preprocess
 from hepgan.data.simulate import simulate
 from hepgan.data.source import FileSource
 from hepgan.data.types import Showers
@@ -44,18 +43,8 @@ from hepgan.data.types import Showers
 
 def _rate(source: FileSource, batch: int, seed: int, steps: int | None = None) -> tuple[float, int]:
     """Showers/s over ``steps`` shuffled batches (default: one epoch), waited for on the device."""
-    pipe = Pipeline(
-        source, batch, Preprocess.for_model("fixed25"), seed=seed, process_index=0, process_count=1
-    )
-    steps = pipe.steps_per_epoch if steps is None else min(steps, pipe.steps_per_epoch)
-    try:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            jax.block_until_ready(next(pipe))
-        dt = time.perf_counter() - t0
-    finally:
-        pipe.close()
-    return steps * batch / dt, steps
+    rates, n = pipeline_epoch_rates(source, "fixed25", batch, seed=seed, steps=steps)
+    return rates[0], n
 
 
 def _repeat(showers: Showers, n: int) -> Iterator[Showers]:
